@@ -1,0 +1,31 @@
+# cfsroot build and test entry points. See README.md.
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+GOFLAGS_STATIC = CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -buildid='
+
+.PHONY: all build deps test unittest vmtest clean
+
+all: build
+
+build:
+	mkdir -p bin
+	$(GOFLAGS_STATIC) -o bin/cfsroot ./cmd/cfsroot
+
+# deps installs missing Debian packages and fetches the test kernel (idempotent).
+deps:
+	tools/install-deps.sh
+
+# test runs everything: unit tests, interop tests against fsverity-utils and
+# openssl, and the VM tests (they need the packages and kernel from deps).
+test: deps
+	$(GO) test -count=1 -timeout 40m ./...
+
+# unittest skips the VM tests.
+unittest:
+	CFSROOT_VMTEST=0 $(GO) test -count=1 ./...
+
+vmtest: deps
+	$(GO) test -count=1 -timeout 40m -v ./vmtests/...
+
+clean:
+	rm -rf bin out

@@ -1,0 +1,3 @@
+module github.com/cfsroot/cfsroot
+
+go 1.26

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# apt-suite.sh SUITE APT-GET-ARGS...
+#
+# Runs apt-get with one more suite (trixie, bookworm-backports, ...) of the
+# Debian mirror the machine already uses, next to the machine's own sources,
+# without touching the machine's apt configuration: the extra sources list,
+# the package lists and the download cache are private, under
+# $CFSROOT_CACHE/apt-SUITE (default .cache/apt-SUITE in the repository).
+# Use -t SUITE with install so that only what needs the suite comes from it.
+#
+# The mirror is read from the machine's own apt sources (deb822 or one-line
+# format), so no host name is written down here.
+#
+#   tools/apt-suite.sh trixie download linux-image-6.12.57+deb13-amd64
+#   tools/apt-suite.sh bookworm-backports install -y -t bookworm-backports python3-virt-firmware
+set -euo pipefail
+
+suite=${1:?usage: apt-suite.sh SUITE APT-GET-ARGS...}
+shift
+top=$(cd "$(dirname "$0")/.." && pwd)
+cache=${CFSROOT_CACHE:-$top/.cache}
+dir=$cache/apt-$suite
+
+mirror() {
+	local f uri
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		# deb822: the first URIs line of a stanza that carries the main archive.
+		uri=$(awk '/^URIs:/ {print $2; exit}' "$f")
+		case $uri in *debian-security*|"") continue ;; esac
+		echo "$uri"; return
+	done
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -f "$f" ] || continue
+		uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f" |
+			grep -v debian-security | head -n1 || true)
+		[ -n "$uri" ] && { echo "$uri"; return; }
+	done
+	echo "apt-suite.sh: no Debian mirror found in /etc/apt/sources.list*" >&2
+	return 1
+}
+
+mkdir -p "$dir/lists/partial" "$dir/archives/partial"
+if [ ! -s "$dir/sources.list" ]; then
+	m=$(mirror)
+	keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+	echo "deb [signed-by=$keyring] $m $suite main" >"$dir/sources.list.tmp"
+	mv "$dir/sources.list.tmp" "$dir/sources.list"
+fi
+
+opts=(
+	-o "Dir::Etc::SourceList=$dir/sources.list"
+	-o "Dir::State::Lists=$dir/lists"
+	-o "Dir::Cache::Archives=$dir/archives"
+	-o "Dir::Cache::pkgcache="
+	-o "Dir::Cache::srcpkgcache="
+	-o "APT::Get::List-Cleanup=0"
+)
+# Refresh the private lists at most once a day.
+if [ -z "$(find "$dir/updated" -mtime -1 2>/dev/null)" ]; then
+	apt-get "${opts[@]}" -qq update >&2
+	touch "$dir/updated"
+fi
+exec apt-get "${opts[@]}" "$@"
