@@ -1,0 +1,219 @@
+package signature
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/smallstep/pkcs7"
+
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// Errors that Verify wraps, so callers can tell why a signature was refused.
+var (
+	ErrMalformed       = errors.New("not a valid PKCS#7 signature")
+	ErrUntrustedSigner = errors.New("signer is not in the trust store")
+	ErrMismatch        = errors.New("signature does not match the digest")
+	ErrEmptyTrustStore = errors.New("trust store holds no certificates")
+)
+
+// TrustStore is the set of certificates whose signatures cfsroot accepts.
+// Certificates are trusted as they are: no chains, and no validity dates (a
+// booting machine has no trustworthy clock). To rotate keys, trust both the
+// old and the new certificate for a while.
+type TrustStore struct {
+	certs []*x509.Certificate
+}
+
+// NewTrustStore trusts exactly certs.
+func NewTrustStore(certs ...*x509.Certificate) *TrustStore {
+	return &TrustStore{certs: certs}
+}
+
+// LoadTrustStore reads trusted certificates from a PEM file (one or more
+// certificates) or from every *.pem, *.crt and *.der file in a directory.
+func LoadTrustStore(path string) (*TrustStore, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("trust store: %w", err)
+	}
+	files := []string{path}
+	if fi.IsDir() {
+		files = nil
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, fmt.Errorf("trust store: %w", err)
+		}
+		for _, e := range entries {
+			switch strings.ToLower(filepath.Ext(e.Name())) {
+			case ".pem", ".crt", ".der", ".cer":
+				files = append(files, filepath.Join(path, e.Name()))
+			}
+		}
+		sort.Strings(files)
+	}
+	ts := &TrustStore{}
+	for _, f := range files {
+		certs, err := LoadCertificates(f)
+		if err != nil {
+			return nil, fmt.Errorf("trust store: %w", err)
+		}
+		ts.certs = append(ts.certs, certs...)
+	}
+	if len(ts.certs) == 0 {
+		return nil, fmt.Errorf("trust store %s: %w (want .pem, .crt or .der files)", path, ErrEmptyTrustStore)
+	}
+	return ts, nil
+}
+
+// Certificates returns the trusted certificates.
+func (ts *TrustStore) Certificates() []*x509.Certificate { return ts.certs }
+
+// find returns the trusted certificate with this issuer and serial number.
+func (ts *TrustStore) find(rawIssuer []byte, serial *big.Int) *x509.Certificate {
+	for _, c := range ts.certs {
+		if bytes.Equal(c.RawIssuer, rawIssuer) && serial != nil && c.SerialNumber.Cmp(serial) == 0 {
+			return c
+		}
+	}
+	return nil
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER encoding, in hex: how
+// cfsroot names a signer in logs, the status file and TPM measurements.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// Verify checks that sig is a PKCS#7 signature over the formatted digest d by
+// a certificate in ts, and returns that certificate. One valid signature
+// from a trusted certificate suffices. Certificates carried inside sig are
+// ignored: the signer is found by issuer and serial number in ts only.
+func Verify(sig []byte, d verity.Digest, ts *TrustStore) (*x509.Certificate, error) {
+	if ts == nil || len(ts.certs) == 0 {
+		return nil, fmt.Errorf("verify: %w", ErrEmptyTrustStore)
+	}
+	return verify(sig, d.FormattedDigest(), d.Algorithm, ts)
+}
+
+// VerifyContent checks a signature over arbitrary content (attached or
+// detached), such as a signed IPE policy, and returns the signer.
+func VerifyContent(sig, content []byte, ts *TrustStore) (*x509.Certificate, error) {
+	if ts == nil || len(ts.certs) == 0 {
+		return nil, fmt.Errorf("verify: %w", ErrEmptyTrustStore)
+	}
+	return verify(sig, content, 0, ts)
+}
+
+func verify(sig, content []byte, alg verity.Algorithm, ts *TrustStore) (cert *x509.Certificate, err error) {
+	p7, err := parse(sig)
+	if err != nil {
+		return nil, err
+	}
+	if len(p7.Signers) == 0 {
+		return nil, fmt.Errorf("verify: %w: it has no signers", ErrMalformed)
+	}
+	if len(p7.Content) > 0 && !bytes.Equal(p7.Content, content) {
+		if alg != 0 {
+			if other, perr := verity.ParseFormattedDigest(p7.Content); perr == nil {
+				return nil, fmt.Errorf("verify: %w: the signature is for %s, the image's digest is %s", ErrMismatch, other, verity.Digest{Algorithm: alg, Sum: content[12:]})
+			}
+		}
+		return nil, fmt.Errorf("verify: %w: the signature carries different content", ErrMismatch)
+	}
+	var untrusted []string
+	var failures []error
+	for i, s := range p7.Signers {
+		ias := s.IssuerAndSerialNumber
+		c := ts.find(ias.IssuerName.FullBytes, ias.SerialNumber)
+		if c == nil {
+			untrusted = append(untrusted, fmt.Sprintf("issuer %q serial %s", issuerString(ias.IssuerName.FullBytes), ias.SerialNumber))
+			continue
+		}
+		one := *p7
+		one.Content = content
+		one.Certificates = []*x509.Certificate{c}
+		one.Signers = p7.Signers[i : i+1]
+		if err := verifyOne(&one); err != nil {
+			failures = append(failures, fmt.Errorf("by %q: %w", c.Subject, err))
+			continue
+		}
+		return c, nil
+	}
+	if len(failures) > 0 {
+		hint := ""
+		if alg != 0 {
+			if h, ok := hashOfOID(p7.Signers[0].DigestAlgorithm.Algorithm); ok && h != alg.String() {
+				hint = fmt.Sprintf(" (it was made with %s, the image digest is %s: sign and digest with the same --hash-alg)", h, alg)
+			}
+		}
+		return nil, fmt.Errorf("verify: %w%s: %w", ErrMismatch, hint, errors.Join(failures...))
+	}
+	return nil, fmt.Errorf("verify: %w: signed by %s", ErrUntrustedSigner, strings.Join(untrusted, "; "))
+}
+
+// parse parses DER PKCS#7 SignedData. The parser is a dependency; hostile
+// input must yield an error, never a crash of the caller.
+func parse(sig []byte) (p7 *pkcs7.PKCS7, err error) {
+	if len(sig) == 0 {
+		return nil, fmt.Errorf("verify: %w: the signature is empty", ErrMalformed)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			p7, err = nil, fmt.Errorf("verify: %w: parser failed: %v", ErrMalformed, r)
+		}
+	}()
+	p7, err = pkcs7.Parse(sig)
+	if err != nil {
+		return nil, fmt.Errorf("verify: %w: %w", ErrMalformed, err)
+	}
+	return p7, nil
+}
+
+func verifyOne(p7 *pkcs7.PKCS7) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: verifier failed: %v", ErrMalformed, r)
+		}
+	}()
+	s := p7.Signers[0]
+	if _, ok := hashOfOID(s.DigestAlgorithm.Algorithm); !ok {
+		return fmt.Errorf("digest algorithm %v is not accepted (use SHA-256, SHA-384 or SHA-512)", s.DigestAlgorithm.Algorithm)
+	}
+	return p7.Verify()
+}
+
+func hashOfOID(oid asn1.ObjectIdentifier) (string, bool) {
+	switch {
+	case oid.Equal(oidSHA256):
+		return "sha256", true
+	case oid.Equal(oidSHA384):
+		return "sha384", true
+	case oid.Equal(oidSHA512):
+		return "sha512", true
+	}
+	return "", false
+}
+
+// issuerString renders a DER Name for error messages.
+func issuerString(der []byte) string {
+	var rdn pkix.RDNSequence
+	if rest, err := asn1.Unmarshal(der, &rdn); err != nil || len(rest) > 0 {
+		return hex.EncodeToString(der)
+	}
+	var name pkix.Name
+	name.FillFromRDNSequence(&rdn)
+	return name.String()
+}
