@@ -11,10 +11,10 @@ import (
 
 func init() {
 	register(&command{
-		name: "sign",
-		args: "--key KEY.pem --cert CERT.pem [--hash-alg sha256|sha512] [--block-size N] [--salt HEX] FILE SIGFILE",
+		name:    "sign",
+		args:    "--key KEY.pem --cert CERT.pem [--hash-alg sha256|sha512] [--block-size N] [--salt HEX] FILE SIGFILE",
 		summary: "write a PKCS#7 signature of FILE's fs-verity digest, as `fsverity sign` does",
-		run: runSign,
+		run:     runSign,
 	})
 }
 

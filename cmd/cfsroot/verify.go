@@ -11,10 +11,10 @@ import (
 
 func init() {
 	register(&command{
-		name: "verify",
-		args: "--trusted CERT.pem|DIR [--sig SIGFILE] [--hash-alg sha256|sha512] [--block-size N] [--salt HEX] FILE",
+		name:    "verify",
+		args:    "--trusted CERT.pem|DIR [--sig SIGFILE] [--hash-alg sha256|sha512] [--block-size N] [--salt HEX] FILE",
 		summary: "check FILE's signature against trusted certificates; print digest and signer",
-		run: runVerify,
+		run:     runVerify,
 	})
 }
 
