@@ -23,6 +23,7 @@ declare -A want=(
 	[xz]=xz-utils
 	[zstd]=zstd
 	[gcc]=gcc
+	[jq]=jq
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -1,0 +1,143 @@
+package measure
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// Event types: the "eventType" of each cfsroot record in the event log, and
+// the first word of its measured text.
+const (
+	EventImage     = "cfsroot-image"
+	EventSigner    = "cfsroot-signer"
+	EventPolicy    = "cfsroot-ipe-policy"
+	EventSeparator = "cfsroot-separator"
+)
+
+// PinnedDigest is the signer field of the signer event when the image was
+// accepted by a digest pinned in the configuration instead of a signature.
+const PinnedDigest = "pinned-digest"
+
+// MaxEventSize bounds an event's text: the TPM can hash at most this much in
+// one TPM2_Hash (MAX_DIGEST_BUFFER), which Extend needs for banks whose
+// algorithm cfsroot cannot compute.
+const MaxEventSize = 1024
+
+// Event is one measurement: Data is hashed with each bank's algorithm and
+// extended into the PCR; Type names it in the event log.
+type Event struct {
+	Type string // the log's content.eventType
+	Data string // the measured bytes, exactly; the log's content.string
+}
+
+// Check tells whether e can be measured and logged faithfully: Data must be
+// non-empty UTF-8 without NUL bytes (systemd's reader hashes content.string
+// as a C string) and at most MaxEventSize bytes.
+func (e Event) Check() error {
+	switch {
+	case e.Data == "":
+		return errors.New("event has no data")
+	case len(e.Data) > MaxEventSize:
+		return fmt.Errorf("event data is %d bytes, at most %d allowed", len(e.Data), MaxEventSize)
+	case !utf8.ValidString(e.Data):
+		return errors.New("event data is not UTF-8")
+	}
+	for i := 0; i < len(e.Data); i++ {
+		if e.Data[i] == 0 {
+			return errors.New("event data contains a NUL byte")
+		}
+	}
+	return nil
+}
+
+// ImageInfo is what the init knows about the image it is about to mount.
+type ImageInfo struct {
+	// Name is the image's NAME in composefs/images/NAME.cfs (what
+	// cfsroot.image= selects): no directory, no ".cfs" suffix. It must be
+	// 1 to 255 characters from A-Z a-z 0-9 . _ + @ ~ -, so the event text
+	// stays unambiguous and byte-identical in the log.
+	Name string
+	// Digest is the image file's fs-verity digest.
+	Digest verity.Digest
+	// Signer is the trusted certificate whose signature was accepted, or
+	// nil when Pinned.
+	Signer *x509.Certificate
+	// Pinned says the image was accepted by a digest pinned in the
+	// configuration, without a signature.
+	Pinned bool
+	// Policy is the signed IPE policy file exactly as written to
+	// /sys/kernel/security/ipe/new_policy (the attached PKCS#7 .p7s bytes),
+	// or nil when no policy is loaded.
+	Policy []byte
+}
+
+// Events returns the measurements of an image, in the order the init extends
+// them:
+//
+//	cfsroot-image:NAME:ALG:HEX        ALG:HEX is the fs-verity digest as fsverity-utils prints it
+//	cfsroot-signer:sha256:HEX         HEX = SHA-256 of the signer certificate's DER encoding
+//	cfsroot-signer:pinned-digest      instead, when the digest was pinned
+//	cfsroot-ipe-policy:sha256:HEX     HEX = SHA-256 of the policy file's bytes; only when a policy is loaded
+//	cfsroot-separator                 always last
+//
+// Each text is ASCII, without quotes, backslashes or a trailing newline, and
+// is measured as is: every bank extends with its own hash of these bytes.
+func Events(img ImageInfo) ([]Event, error) {
+	if err := checkName(img.Name); err != nil {
+		return nil, err
+	}
+	if n := img.Digest.Algorithm.Size(); n == 0 || len(img.Digest.Sum) != n {
+		return nil, fmt.Errorf("measure: image %s: invalid fs-verity digest %s", img.Name, img.Digest)
+	}
+	var signer string
+	switch {
+	case img.Signer != nil && img.Pinned:
+		return nil, fmt.Errorf("measure: image %s: both a signer and a pinned digest given; say which one accepted the image", img.Name)
+	case img.Signer != nil:
+		signer = "sha256:" + Fingerprint(img.Signer)
+	case img.Pinned:
+		signer = PinnedDigest
+	default:
+		return nil, fmt.Errorf("measure: image %s: neither a signer nor a pinned digest given", img.Name)
+	}
+	evs := []Event{
+		{Type: EventImage, Data: EventImage + ":" + img.Name + ":" + img.Digest.String()},
+		{Type: EventSigner, Data: EventSigner + ":" + signer},
+	}
+	if img.Policy != nil {
+		sum := sha256.Sum256(img.Policy)
+		evs = append(evs, Event{Type: EventPolicy, Data: EventPolicy + ":sha256:" + hex.EncodeToString(sum[:])})
+	}
+	return append(evs, Separator()), nil
+}
+
+// Separator returns the event that closes cfsroot's measurements.
+func Separator() Event { return Event{Type: EventSeparator, Data: EventSeparator} }
+
+// Fingerprint is the SHA-256 of the certificate's DER encoding, in lowercase
+// hex: the same as `openssl x509 -noout -fingerprint -sha256` without colons.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+func checkName(name string) error {
+	if name == "" || len(name) > 255 {
+		return fmt.Errorf("measure: image name %q must be 1 to 255 characters", name)
+	}
+	for _, c := range []byte(name) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.' || c == '_' || c == '+' || c == '@' || c == '~' || c == '-':
+		default:
+			return fmt.Errorf("measure: image name %q has %q; only A-Z a-z 0-9 . _ + @ ~ - are allowed", name, c)
+		}
+	}
+	return nil
+}
