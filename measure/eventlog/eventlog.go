@@ -49,6 +49,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -240,11 +241,34 @@ func parseRecord(b []byte) (Record, error) {
 		if len(raw.Content) == 0 {
 			return rec, fmt.Errorf(`"content" is missing from a "systemd" record`)
 		}
-		var c Content
-		if err := json.Unmarshal(raw.Content, &c); err != nil {
-			return rec, fmt.Errorf(`"content" is not an object with string "string" and "eventType": %w`, err)
+		// Like systemd's reader, insist only on the types of "string" and
+		// "eventType"; take "bootId" and "timestamp" when they fit.
+		var c struct {
+			String    *string `json:"string"`
+			EventType *string `json:"eventType"`
+			BootID    any     `json:"bootId"`
+			Timestamp any     `json:"timestamp"`
 		}
-		rec.Content = &c
+		dec := json.NewDecoder(bytes.NewReader(raw.Content))
+		dec.UseNumber()
+		if err := dec.Decode(&c); err != nil {
+			return rec, fmt.Errorf(`"content" is not an object whose "string" and "eventType" are strings: %w`, err)
+		}
+		rec.Content = &Content{}
+		if c.String != nil {
+			rec.Content.String = *c.String
+		}
+		if c.EventType != nil {
+			rec.Content.EventType = *c.EventType
+		}
+		if id, ok := c.BootID.(string); ok {
+			rec.Content.BootID = id
+		}
+		if n, ok := c.Timestamp.(json.Number); ok {
+			if u, err := strconv.ParseUint(n.String(), 10, 64); err == nil {
+				rec.Content.Timestamp = u
+			}
+		}
 	}
 	return rec, nil
 }
