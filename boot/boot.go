@@ -1,0 +1,455 @@
+package boot
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/internal/atomicfile"
+	"github.com/cfsroot/cfsroot/measure"
+	"github.com/cfsroot/cfsroot/rootfs/ipe"
+	"github.com/cfsroot/cfsroot/rootfs/mount"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// Status is what the boot did, written to /run/cfsroot/status.json for the
+// booted system (and tests) to read.
+type Status struct {
+	Image        string        `json:"image"`
+	Digest       string        `json:"digest"`
+	DigestSource string        `json:"digest_source"` // "kernel" (fs-verity) or "ram-copy"
+	VerifiedBy   string        `json:"verified_by"`   // "signature", "pinned-digest" or "cmdline-digest"
+	Signer       string        `json:"signer,omitempty"`
+	SignerSHA256 string        `json:"signer_sha256,omitempty"`
+	Refused      []SlotRefusal `json:"refused,omitempty"`
+	TPM          TPMStatus     `json:"tpm"`
+	IPE          *IPEStatus    `json:"ipe,omitempty"`
+	Upper        string        `json:"upper"`
+	Init         string        `json:"init"`
+	Steps        []StepTime    `json:"steps"`
+}
+
+// SlotRefusal records why a slot was not booted.
+type SlotRefusal struct {
+	Slot   string `json:"slot"`
+	Reason string `json:"reason"`
+}
+
+// TPMStatus records the measurements.
+type TPMStatus struct {
+	Measured bool              `json:"measured"`
+	Error    string            `json:"error,omitempty"` // why not, when optional
+	PCR      int               `json:"pcr"`
+	Banks    map[string]string `json:"banks,omitempty"` // PCR value per bank after measuring
+	Events   []string          `json:"events,omitempty"`
+}
+
+// IPEStatus records the IPE policy.
+type IPEStatus struct {
+	Policy   string `json:"policy"`
+	Version  string `json:"version,omitempty"`
+	SHA256   string `json:"sha256"`
+	Active   bool   `json:"active"`
+	Enforced bool   `json:"enforced"`
+	Error    string `json:"error,omitempty"` // set when the load failed and the config allowed going on
+}
+
+// StepTime is how long a step took.
+type StepTime struct {
+	Step string `json:"step"`
+	MS   int64  `json:"ms"`
+}
+
+// StepError is a boot failure: it names the step, the file and the reason.
+type StepError struct {
+	Step string
+	File string
+	Err  error
+}
+
+func (e *StepError) Error() string {
+	if e.File != "" {
+		return fmt.Sprintf("step %s failed: %s: %v", e.Step, e.File, e.Err)
+	}
+	return fmt.Sprintf("step %s failed: %v", e.Step, e.Err)
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Boot runs the steps up to (not including) switch_root and leaves the new
+// root mounted at NewRoot.
+type Boot struct {
+	Config *Config
+	Choice Choice
+	Log    *Logger
+	// IPEDir is IPE's securityfs directory (ipe.DefaultDir).
+	IPEDir string
+	// TPMDevice is the TPM to measure into ("" for the default devices).
+	TPMDevice string
+
+	status Status
+}
+
+// step runs f as the named step, timing it.
+func (b *Boot) step(name string, f func() error) error {
+	start := time.Now()
+	err := f()
+	b.status.Steps = append(b.status.Steps, StepTime{Step: name, MS: time.Since(start).Milliseconds()})
+	if err != nil {
+		var se *StepError
+		if !errors.As(err, &se) {
+			err = &StepError{Step: name, Err: err}
+		}
+		return err
+	}
+	return nil
+}
+
+// image is a verified image, ready to mount.
+type image struct {
+	name   string
+	path   string   // what to mount: the image file on disk, or its RAM copy
+	file   *os.File // held open so the measured file is the mounted one
+	digest verity.Digest
+	source string
+	signer *signature.TrustStore
+}
+
+// Run finds, verifies, measures and mounts the image, loads the IPE policy
+// and writes the status file. On success the new root is at NewRoot.
+func (b *Boot) Run(ctx context.Context) (*Status, error) {
+	cfg := b.Config
+	b.status.Init = cfg.Init
+	b.status.Upper = cfg.Upper
+	b.status.TPM.PCR = *cfg.PCR
+
+	var trust *signature.TrustStore
+	if err := b.step("config", func() error {
+		var err error
+		trust, err = signature.LoadTrustStore(cfg.TrustedCerts)
+		if err != nil && len(cfg.PinnedDigests) == 0 && b.Choice.Digest == nil {
+			return &StepError{Step: "config", File: cfg.TrustedCerts, Err: err}
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+
+	diskSel := cfg.Disk
+	if b.Choice.Disk != "" {
+		diskSel = b.Choice.Disk
+	}
+	if err := b.step("disk", func() error { return b.mountDisk(ctx, diskSel) }); err != nil {
+		return nil, err
+	}
+
+	var img *image
+	var lastErr error
+	for i, slot := range b.Choice.Slots {
+		err := b.step("verify:"+slot, func() error {
+			var err error
+			img, err = b.verifySlot(slot, i == 0, trust)
+			return err
+		})
+		if err == nil {
+			break
+		}
+		b.Log.Errorf("verify", "slot %s refused: %v", slot, err)
+		b.status.Refused = append(b.status.Refused, SlotRefusal{Slot: slot, Reason: err.Error()})
+		lastErr = err
+		img = nil
+	}
+	if img == nil {
+		return nil, lastErr
+	}
+	defer img.file.Close()
+	b.Log.Infof("verify", "image %s verified: %s (%s, digest from %s)", img.name, img.digest, b.status.VerifiedBy, img.source)
+
+	var policy []byte
+	if cfg.IPEPolicy != "" {
+		if err := b.step("ipe-read", func() error {
+			var err error
+			policy, err = b.readPolicy(img.name)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := b.step("measure", func() error { return b.measure(ctx, img, policy) }); err != nil {
+		return nil, err
+	}
+	if err := b.step("mount", func() error { return b.mountRoot(img) }); err != nil {
+		return nil, err
+	}
+	if policy != nil {
+		if err := b.step("ipe", func() error { return b.loadPolicy(policy) }); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.step("init-check", func() error { return CheckInit(NewRoot, cfg.Init) }); err != nil {
+		return nil, err
+	}
+	if err := b.writeStatus(); err != nil {
+		return nil, &StepError{Step: "status", File: StatusPath, Err: err}
+	}
+	return &b.status, nil
+}
+
+func (b *Boot) mountDisk(ctx context.Context, selector string) error {
+	sel, err := ParseDiskSelector(selector)
+	if err != nil {
+		return err
+	}
+	dev, err := FindDisk(ctx, sel, time.Duration(b.Config.DiskTimeout))
+	if err != nil {
+		return err
+	}
+	b.Log.Infof("disk", "found %s", dev)
+	if err := os.MkdirAll(DiskDir, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev.Path, DiskDir, b.Config.DiskFSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil {
+		return &StepError{Step: "disk", File: dev.Path, Err: fmt.Errorf("mount %s as %s: %w", dev.Path, b.Config.DiskFSType, err)}
+	}
+	return nil
+}
+
+func (b *Boot) repoPath(parts ...string) string {
+	return filepath.Join(append([]string{DiskDir, b.Config.Repository}, parts...)...)
+}
+
+// verifySlot opens NAME.cfs, gets its digest and checks it. first says the
+// slot is the command line's or config's first choice (cfsroot.digest
+// applies to it only).
+func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) (*image, error) {
+	step := "verify:" + name
+	path := b.repoPath("images", name+".cfs")
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, &StepError{Step: step, File: path, Err: fmt.Errorf("open image: %w", err)}
+	}
+	img := &image{name: name, path: path, file: f, source: "kernel"}
+	fail := func(file string, err error) (*image, error) {
+		f.Close()
+		return nil, &StepError{Step: step, File: file, Err: err}
+	}
+	img.digest, err = verity.Measure(f)
+	if err != nil {
+		if !verity.IsNotSupported(err) && !errors.Is(err, verity.ErrNotEnabled) {
+			return fail(path, err)
+		}
+		if !b.Config.AllowRAMCopy {
+			return fail(path, fmt.Errorf("%w; enable fs-verity on the image at install time (cfsroot install does), or set allow_ram_copy for self-contained images", err))
+		}
+		if err := b.copyToRAM(img); err != nil {
+			return fail(path, err)
+		}
+	}
+
+	var pinned *verity.Digest
+	switch {
+	case first && b.Choice.Digest != nil:
+		pinned, b.status.VerifiedBy = b.Choice.Digest, "cmdline-digest"
+	case b.Config.PinnedDigests[name] != "":
+		d, _ := verity.ParseDigest(b.Config.PinnedDigests[name]) // checked when loading the config
+		pinned, b.status.VerifiedBy = &d, "pinned-digest"
+	}
+	if pinned != nil {
+		if !pinned.Equal(img.digest) {
+			return fail(path, fmt.Errorf("digest %s is not the pinned %s", img.digest, pinned))
+		}
+	} else {
+		sigPath := path + ".sig"
+		sig, err := os.ReadFile(sigPath)
+		if err != nil {
+			return fail(sigPath, fmt.Errorf("no signature: %w", err))
+		}
+		if trust == nil {
+			return fail(b.Config.TrustedCerts, signature.ErrEmptyTrustStore)
+		}
+		cert, err := signature.Verify(sig, img.digest, trust)
+		if err != nil {
+			return fail(sigPath, err)
+		}
+		b.status.VerifiedBy = "signature"
+		b.status.Signer = cert.Subject.String()
+		b.status.SignerSHA256 = signature.Fingerprint(cert)
+		img.signer = signature.NewTrustStore(cert)
+	}
+	b.status.Image = name
+	b.status.Digest = img.digest.String()
+	b.status.DigestSource = img.source
+	return img, nil
+}
+
+// copyToRAM copies an image from a filesystem without fs-verity into /run
+// and digests the copy, which is what gets mounted: the disk cannot change
+// it behind our back.
+func (b *Boot) copyToRAM(img *image) error {
+	dst := filepath.Join(RunDir, img.name+".cfs")
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o400)
+	if err != nil {
+		return fmt.Errorf("copy image to RAM: %w", err)
+	}
+	tree, _ := verity.NewTree(verity.Params{})
+	if _, err := io.Copy(io.MultiWriter(out, tree), img.file); err != nil {
+		out.Close()
+		return fmt.Errorf("copy image to RAM: %w", err)
+	}
+	img.file.Close()
+	img.file, img.path, img.source = out, dst, "ram-copy"
+	img.digest = tree.Digest()
+	return nil
+}
+
+func (b *Boot) readPolicy(imageName string) ([]byte, error) {
+	p := b.Config.IPEPolicy
+	if p == "image" {
+		p = b.repoPath("images", imageName+".ipe.p7s")
+	}
+	policy, err := os.ReadFile(p)
+	if err != nil {
+		return nil, &StepError{Step: "ipe-read", File: p, Err: err}
+	}
+	b.status.IPE = &IPEStatus{Policy: p, SHA256: sha256Hex(policy)}
+	return policy, nil
+}
+
+func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
+	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Policy: policy}
+	if img.signer != nil {
+		info.Signer = img.signer.Certificates()[0]
+	} else {
+		info.Pinned = true
+	}
+	events, err := measure.Events(info)
+	if err != nil {
+		return err
+	}
+	m, err := measure.Open(ctx, b.TPMDevice)
+	if err == nil {
+		defer m.Close()
+		m.PCR = *b.Config.PCR
+		err = m.ExtendAll(ctx, events)
+	}
+	if err != nil {
+		if b.Config.TPM == "optional" {
+			b.Log.Errorf("measure", "not measured (tpm is optional): %v", err)
+			b.status.TPM.Error = err.Error()
+			return nil
+		}
+		return fmt.Errorf("tpm is required: %w", err)
+	}
+	b.status.TPM.Measured = true
+	for _, e := range events {
+		b.status.TPM.Events = append(b.status.TPM.Events, e.Data)
+	}
+	if vals, err := m.Read(ctx, *b.Config.PCR); err == nil {
+		b.status.TPM.Banks = map[string]string{}
+		for alg, v := range vals {
+			b.status.TPM.Banks[alg.String()] = hex.EncodeToString(v)
+		}
+	}
+	b.Log.Infof("measure", "extended PCR %d with %d events", *b.Config.PCR, len(events))
+	return nil
+}
+
+func (b *Boot) mountRoot(img *image) error {
+	for _, d := range []string{ImageDir, NewRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	// Mount the very file that was measured, through its descriptor.
+	src := fmt.Sprintf("/proc/self/fd/%d", img.file.Fd())
+	loop, err := mount.EROFS(src, ImageDir)
+	if err != nil {
+		return &StepError{Step: "mount", File: img.path, Err: err}
+	}
+	if loop != "" {
+		b.Log.Infof("mount", "kernel cannot mount EROFS from a file; used %s", loop)
+	}
+	objects := b.repoPath("objects")
+	if _, err := os.Stat(objects); err != nil {
+		// A self-contained image needs no objects; overlay still wants a
+		// data layer.
+		objects = filepath.Join(RunDir, "no-objects")
+		if err := os.MkdirAll(objects, 0o755); err != nil {
+			return err
+		}
+	}
+	ov := mount.Overlay{Metadata: ImageDir, Objects: objects}
+	switch b.Config.Upper {
+	case "none":
+	case "tmpfs":
+		if err := os.MkdirAll(UpperDir, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("tmpfs", UpperDir, "tmpfs", unix.MS_NODEV|unix.MS_NOSUID, "mode=0755"); err != nil {
+			return fmt.Errorf("mount tmpfs upper layer: %w", err)
+		}
+		ov.Upper, ov.Work = UpperDir+"/upper", UpperDir+"/work"
+	default:
+		disk, dir, _ := strings.Cut(b.Config.Upper, ":")
+		sel, _ := ParseDiskSelector(disk)
+		dev, err := FindDisk(context.Background(), sel, time.Duration(b.Config.DiskTimeout))
+		if err != nil {
+			return fmt.Errorf("upper layer: %w", err)
+		}
+		if err := os.MkdirAll(UpperDir, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(dev.Path, UpperDir, b.Config.DiskFSType, unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+			return fmt.Errorf("upper layer: mount %s: %w", dev.Path, err)
+		}
+		ov.Upper, ov.Work = filepath.Join(UpperDir, dir, "upper"), filepath.Join(UpperDir, dir, "work")
+	}
+	for _, d := range []string{ov.Upper, ov.Work} {
+		if d != "" {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("upper layer: %w", err)
+			}
+		}
+	}
+	if err := ov.Mount(NewRoot); err != nil {
+		return &StepError{Step: "mount", File: objects, Err: err}
+	}
+	b.Log.Infof("mount", "composefs root mounted at %s (verity=require, upper %s)", NewRoot, b.Config.Upper)
+	return nil
+}
+
+func (b *Boot) loadPolicy(policy []byte) error {
+	st := b.status.IPE
+	h, err := ipe.Load(b.IPEDir, policy, b.Config.IPEEnforce)
+	st.Policy = h.Name
+	st.Version = h.Version
+	if err != nil {
+		if !b.Config.IPEOptional {
+			return &StepError{Step: "ipe", File: b.Config.IPEPolicy, Err: err}
+		}
+		st.Error = err.Error()
+		b.Log.Errorf("ipe", "policy not loaded, going on unenforced (ipe_optional): %v", err)
+		return nil
+	}
+	st.Active, st.Enforced = true, b.Config.IPEEnforce
+	b.Log.Infof("ipe", "policy %s %s active, enforce=%v", h.Name, h.Version, b.Config.IPEEnforce)
+	return nil
+}
+
+func (b *Boot) writeStatus() error {
+	data, err := jsonIndent(b.status)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(StatusPath, data, 0o644)
+}
