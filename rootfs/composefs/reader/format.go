@@ -1,0 +1,177 @@
+package reader
+
+import "encoding/binary"
+
+// On-disk constants of the composefs header and the subset of EROFS that
+// composefs images use (see shared/composefs/FORMAT.md and the kernel's
+// fs/erofs/erofs_fs.h).
+const (
+	cfsMagic         = 0xd078629a // composefs header magic (LCFS_EROFS_MAGIC)
+	cfsVersion       = 1          // composefs header version (LCFS_EROFS_VERSION)
+	cfsFlagHasACL    = 1          // LCFS_EROFS_FLAGS_HAS_ACL
+	maxFormatVersion = 1          // newest composefs format version we understand
+
+	erofsMagic       = 0xe0f5e1e2
+	superOffset      = 1024
+	superSize        = 128
+	blockBits        = 12
+	blockSize        = 1 << blockBits
+	slotBits         = 5 // inode slots are 32 bytes
+	metaStart        = superOffset + superSize
+	compactInodeSize = 32
+	extInodeSize     = 64
+
+	compatSBChecksum  = 0x1
+	compatXattrFilter = 0x4
+	incompatChunked   = 0x4 // EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+
+	layoutFlatPlain  = 0
+	layoutFlatInline = 2
+	layoutChunkBased = 4
+
+	chunkFormatBlkbitsMask = 0x1f
+	chunkFormatIndexes     = 0x20
+	nullAddr               = 0xffffffff
+
+	xattrHeaderSize = 12 // erofs_xattr_ibody_header
+	xattrEntrySize  = 4  // erofs_xattr_entry
+	direntSize      = 12 // erofs_dirent
+
+	xattrFilterSeed = 0x25BBE08F
+
+	// Limits libcomposefs enforces; a valid image never exceeds them.
+	maxNameLen       = 255  // LCFS_MAX_NAME_LENGTH
+	pathMax          = 4096 // PATH_MAX: symlink targets are shorter
+	maxInlineContent = 5000 // LCFS_INLINE_CONTENT_MAX
+	maxChunks        = 1024 // LCFS_MAX_NONINLINE_CHUNKS
+	maxXattrNameLen  = 255  // XATTR_NAME_MAX
+)
+
+// Linux file type bits of st_mode.
+const (
+	sIFMT   = 0o170000
+	sIFSOCK = 0o140000
+	sIFLNK  = 0o120000
+	sIFREG  = 0o100000
+	sIFBLK  = 0o060000
+	sIFDIR  = 0o040000
+	sIFCHR  = 0o020000
+	sIFIFO  = 0o010000
+)
+
+// EROFS dirent file types (EROFS_FT_*), indexed by what they mean.
+var fileTypeOfMode = map[uint32]uint8{
+	sIFREG:  1,
+	sIFDIR:  2,
+	sIFCHR:  3,
+	sIFBLK:  4,
+	sIFIFO:  5,
+	sIFSOCK: 6,
+	sIFLNK:  7,
+}
+
+// xattrPrefixes are the EROFS short name prefixes by e_name_index. Index 5
+// (lustre.) is never written by composefs but is a valid EROFS prefix.
+var xattrPrefixes = [...]string{
+	"",
+	"user.",
+	"system.posix_acl_access",
+	"system.posix_acl_default",
+	"trusted.",
+	"lustre.",
+	"security.",
+}
+
+var le = binary.LittleEndian
+
+// superBlock holds the superblock fields the reader uses.
+type superBlock struct {
+	magic               uint32
+	checksum            uint32
+	featureCompat       uint32
+	blkszbits           uint8
+	extslots            uint8
+	rootNid             uint16
+	inos                uint64
+	buildTime           uint64
+	buildTimeNsec       uint32
+	blocks              uint32
+	metaBlkaddr         uint32
+	xattrBlkaddr        uint32
+	featureIncompat     uint32
+	extraDevices        uint16
+	xattrPrefixCount    uint8
+	packedNid           uint64
+	xattrFilterReserved uint8
+}
+
+func decodeSuperBlock(b []byte) superBlock {
+	return superBlock{
+		magic:               le.Uint32(b[0:]),
+		checksum:            le.Uint32(b[4:]),
+		featureCompat:       le.Uint32(b[8:]),
+		blkszbits:           b[12],
+		extslots:            b[13],
+		rootNid:             le.Uint16(b[14:]),
+		inos:                le.Uint64(b[16:]),
+		buildTime:           le.Uint64(b[24:]),
+		buildTimeNsec:       le.Uint32(b[32:]),
+		blocks:              le.Uint32(b[36:]),
+		metaBlkaddr:         le.Uint32(b[40:]),
+		xattrBlkaddr:        le.Uint32(b[44:]),
+		featureIncompat:     le.Uint32(b[80:]),
+		extraDevices:        le.Uint16(b[86:]),
+		xattrPrefixCount:    b[91],
+		packedNid:           le.Uint64(b[96:]),
+		xattrFilterReserved: b[104],
+	}
+}
+
+// xxh32 is the 32-bit xxHash the kernel uses for the xattr name filter
+// (lib/xxhash.c).
+func xxh32(input []byte, seed uint32) uint32 {
+	const (
+		p1 = 2654435761
+		p2 = 2246822519
+		p3 = 3266489917
+		p4 = 668265263
+		p5 = 374761393
+	)
+	round := func(acc, in uint32) uint32 {
+		acc += in * p2
+		acc = acc<<13 | acc>>19
+		return acc * p1
+	}
+	n := len(input)
+	var h uint32
+	p := input
+	if n >= 16 {
+		v1, v2, v3, v4 := seed+p1+p2, seed+p2, seed, seed-p1
+		for len(p) >= 16 {
+			v1 = round(v1, le.Uint32(p[0:]))
+			v2 = round(v2, le.Uint32(p[4:]))
+			v3 = round(v3, le.Uint32(p[8:]))
+			v4 = round(v4, le.Uint32(p[12:]))
+			p = p[16:]
+		}
+		h = (v1<<1 | v1>>31) + (v2<<7 | v2>>25) + (v3<<12 | v3>>20) + (v4<<18 | v4>>14)
+	} else {
+		h = seed + p5
+	}
+	h += uint32(n)
+	for len(p) >= 4 {
+		h += le.Uint32(p) * p3
+		h = (h<<17 | h>>15) * p4
+		p = p[4:]
+	}
+	for _, c := range p {
+		h += uint32(c) * p5
+		h = (h<<11 | h>>21) * p1
+	}
+	h ^= h >> 15
+	h *= p2
+	h ^= h >> 13
+	h *= p3
+	h ^= h >> 16
+	return h
+}
