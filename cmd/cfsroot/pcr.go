@@ -1,0 +1,287 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cfsroot/cfsroot/measure"
+	"github.com/cfsroot/cfsroot/measure/eventlog"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+const defaultBanks = "sha1,sha256,sha384,sha512"
+
+var (
+	pcrPredictCmd = &command{
+		name: "pcr predict",
+		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--policy POLICY.p7s] [--pcr N] [--bank LIST] [--events]",
+		summary: "print the PCR values cfsroot's init leaves after measuring IMAGE, from a reset PCR (all zeros)\n\n" +
+			"The init extends, on every active bank, the events\n" +
+			"  cfsroot-image:NAME:<IMAGE's fs-verity digest, sha256:HEX>\n" +
+			"  cfsroot-signer:sha256:<SHA-256 of the signer certificate's DER> (or cfsroot-signer:pinned-digest)\n" +
+			"  cfsroot-ipe-policy:sha256:<SHA-256 of the policy file> (only with a policy)\n" +
+			"  cfsroot-separator\n" +
+			"Output: one line \"PCR BANK HEX\" per bank.",
+	}
+	pcrReplayCmd = &command{
+		name: "pcr replay",
+		args: "[--pcr N] [--bank LIST] [--strict] [LOG]",
+		summary: "recompute PCR values from a userspace measurement log in systemd's format\n" +
+			"(default " + eventlog.DefaultPath + "), each PCR from reset (all zeros).\n" +
+			"Output: one line \"PCR BANK HEX\" per PCR and bank. Records whose digest is not the\n" +
+			"hash of their text are reported on stderr (--strict: refused).",
+	}
+)
+
+func init() {
+	register(&command{
+		name:    "pcr",
+		args:    "predict|replay [FLAGS]",
+		summary: "predict the PCR values of a measured boot, or recompute them from an event log",
+		run:     runPCR,
+	})
+}
+
+func runPCR(args []string, stdout, stderr io.Writer) error {
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: cfsroot pcr predict %s\n       cfsroot pcr replay %s\n\nRun 'cfsroot pcr predict --help' or 'cfsroot pcr replay --help' for details.\n",
+			pcrPredictCmd.args, pcrReplayCmd.args)
+	}
+	if len(args) == 0 {
+		usage(stderr)
+		return usagef("pcr: want a subcommand: predict or replay")
+	}
+	switch args[0] {
+	case "predict":
+		return runPCRPredict(args[1:], stdout, stderr)
+	case "replay":
+		return runPCRReplay(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		usage(stdout)
+		return nil
+	}
+	usage(stderr)
+	return usagef("pcr: unknown subcommand %q (want predict or replay)", args[0])
+}
+
+func pcrFlag(fs *flag.FlagSet, def int, help string) *int {
+	return fs.Int("pcr", def, help)
+}
+
+func checkPCRIndex(pcr int) error {
+	if pcr < 0 || pcr > 23 {
+		return usagef("--pcr %d: want a PCR index 0..23", pcr)
+	}
+	return nil
+}
+
+func runPCRPredict(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet(pcrPredictCmd, stderr)
+	var vf verityFlags
+	vf.add(fs)
+	image := fs.String("image", "", "the composefs image file (its fs-verity digest is measured)")
+	name := fs.String("name", "", "the image NAME the init measures, as in composefs/images/NAME.cfs (default: IMAGE's file name without .cfs)")
+	sigPath := fs.String("sig", "", "the image's signature; with --trusted, the signer is the trusted certificate that made it")
+	trusted := fs.String("trusted", "", "trusted certificates: a PEM file or a directory of .pem/.crt/.der files (with --sig)")
+	pinned := fs.String("digest", "", "the image was accepted by this pinned digest (sha256:HEX), which must be IMAGE's")
+	signerPath := fs.String("signer", "", "take this certificate as the signer without checking a signature (to predict before signing)")
+	policyPath := fs.String("policy", "", "the signed IPE policy (.p7s) the init loads, if any")
+	pcr := pcrFlag(fs, measure.DefaultPCR, "PCR index to print")
+	banks := fs.String("bank", defaultBanks, "comma-separated PCR banks: sha1, sha256, sha384, sha512, sm3_256")
+	showEvents := fs.Bool("events", false, "also print each measured event as \"event TYPE TEXT\", before the values")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("pcr predict: unexpected arguments %q (the image goes in --image)", pos)
+	}
+	if *image == "" {
+		return usagef("pcr predict: --image is required")
+	}
+	if err := checkPCRIndex(*pcr); err != nil {
+		return err
+	}
+	algs, err := measure.ParseAlgs(*banks)
+	if err != nil {
+		return usagef("--bank: %v", err)
+	}
+	for _, a := range algs {
+		if !a.Known() {
+			return usagef("--bank: cannot compute bank %s", a)
+		}
+	}
+	n := 0
+	for _, s := range []string{*sigPath, *pinned, *signerPath} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return usagef("pcr predict: say how the init accepts the image: exactly one of --sig (with --trusted), --digest or --signer")
+	}
+	if (*sigPath != "") != (*trusted != "") {
+		return usagef("pcr predict: --sig and --trusted go together")
+	}
+	p, err := vf.params()
+	if err != nil {
+		return err
+	}
+	if *name == "" {
+		*name = strings.TrimSuffix(filepath.Base(*image), ".cfs")
+	}
+
+	info := measure.ImageInfo{Name: *name}
+	if *pinned != "" {
+		want, err := verity.ParseDigest(*pinned)
+		if err != nil {
+			return usagef("--digest: %v", err)
+		}
+		p.Algorithm = want.Algorithm
+		if info.Digest, err = verity.DigestFile(*image, p); err != nil {
+			return err
+		}
+		if !info.Digest.Equal(want) {
+			return fmt.Errorf("%s: fs-verity digest %s is not the pinned %s; the init would refuse this image", *image, info.Digest, want)
+		}
+		info.Pinned = true
+	} else if info.Digest, err = verity.DigestFile(*image, p); err != nil {
+		return err
+	}
+	switch {
+	case *sigPath != "":
+		ts, err := signature.LoadTrustStore(*trusted)
+		if err != nil {
+			return err
+		}
+		sig, err := os.ReadFile(*sigPath)
+		if err != nil {
+			return fmt.Errorf("pcr predict: read signature: %w", err)
+		}
+		if info.Signer, err = signature.Verify(sig, info.Digest, ts); err != nil {
+			return fmt.Errorf("%s: %w; the init would refuse this image", *image, err)
+		}
+	case *signerPath != "":
+		var err error
+		if info.Signer, err = loadOneCert(*signerPath); err != nil {
+			return err
+		}
+	}
+	if *policyPath != "" {
+		if info.Policy, err = os.ReadFile(*policyPath); err != nil {
+			return fmt.Errorf("pcr predict: read policy: %w", err)
+		}
+	}
+	evs, err := measure.Events(info)
+	if err != nil {
+		return err
+	}
+	vals, err := measure.Predict(evs, algs)
+	if err != nil {
+		return err
+	}
+	if *showEvents {
+		for _, ev := range evs {
+			fmt.Fprintf(stdout, "event %s %s\n", ev.Type, ev.Data)
+		}
+	}
+	for _, a := range algs {
+		fmt.Fprintf(stdout, "%d %s %s\n", *pcr, a, hex.EncodeToString(vals[a]))
+	}
+	return nil
+}
+
+// loadOneCert reads a certificate that must be the only one in its file, so
+// that the signer is not picked by accident.
+func loadOneCert(path string) (*x509.Certificate, error) {
+	certs, err := signature.LoadCertificates(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(certs) != 1 {
+		return nil, fmt.Errorf("%s holds %d certificates; --signer wants exactly one", path, len(certs))
+	}
+	return certs[0], nil
+}
+
+func runPCRReplay(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet(pcrReplayCmd, stderr)
+	pcr := pcrFlag(fs, -1, "print only this PCR (default: every PCR in the log)")
+	banks := fs.String("bank", "", "print only these comma-separated banks (default: every bank in the log)")
+	strict := fs.Bool("strict", false, "refuse a log with a record whose digest is not the hash of its text")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usagef("pcr replay: want at most one LOG, got %d", len(pos))
+	}
+	path := eventlog.DefaultPath
+	if len(pos) == 1 {
+		path = pos[0]
+	}
+	if *pcr != -1 {
+		if err := checkPCRIndex(*pcr); err != nil {
+			return err
+		}
+	}
+	var only []measure.Alg
+	if *banks != "" {
+		if only, err = measure.ParseAlgs(*banks); err != nil {
+			return usagef("--bank: %v", err)
+		}
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode()&os.ModeSticky != 0 {
+		msg := "a writer was interrupted between extending a PCR and logging it (sticky bit set): the log may not match the PCRs"
+		if *strict {
+			return fmt.Errorf("%s: %s", path, msg)
+		}
+		fmt.Fprintf(stderr, "cfsroot: warning: %s: %s\n", path, msg)
+	}
+	recs, err := eventlog.ParseFile(path)
+	if err != nil {
+		return err
+	}
+	for i, r := range recs {
+		if err := measure.CheckRecord(r); err != nil {
+			if *strict {
+				return fmt.Errorf("%s: record %d: %w", path, i+1, err)
+			}
+			fmt.Fprintf(stderr, "cfsroot: warning: %s: record %d: %v\n", path, i+1, err)
+		}
+	}
+	vals, err := measure.Replay(recs)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	printed := 0
+	for _, p := range vals.PCRs() {
+		if *pcr != -1 && p != uint32(*pcr) {
+			continue
+		}
+		algs := measure.SortedAlgs(vals[p])
+		if only != nil {
+			algs = only
+		}
+		for _, a := range algs {
+			v, ok := vals[p][a]
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(stdout, "%d %s %s\n", p, a, hex.EncodeToString(v))
+			printed++
+		}
+	}
+	if printed == 0 {
+		return errors.New(path + ": no records for the PCRs and banks asked for")
+	}
+	return nil
+}

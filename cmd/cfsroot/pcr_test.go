@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/measure"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// pcrFixture is a signed image, its certificate and a policy file, made with
+// the independent tools (openssl, fsverity-utils).
+type pcrFixture struct {
+	dir, image, sig, cert, policy string
+}
+
+func newPCRFixture(t *testing.T) pcrFixture {
+	t.Helper()
+	testutil.RequireTool(t, "fsverity")
+	dir := t.TempDir()
+	f := pcrFixture{dir: dir, image: randomFile(t, dir, 70000)}
+	var key string
+	key, f.cert = opensslKey(t, dir, "signer", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+	f.sig = filepath.Join(dir, "image.cfs.sig")
+	testutil.Run(t, "fsverity", "sign", "--key="+key, "--cert="+f.cert, f.image, f.sig)
+	f.policy = filepath.Join(dir, "policy.p7s")
+	os.WriteFile(filepath.Join(dir, "policy.txt"), []byte("policy_name=test policy_version=0.0.1\nDEFAULT action=ALLOW\n"), 0o644)
+	testutil.Run(t, "openssl", "smime", "-sign", "-in", filepath.Join(dir, "policy.txt"), "-signer", f.cert, "-inkey", key,
+		"-noattr", "-nodetach", "-nosmimecap", "-outform", "der", "-out", f.policy)
+	return f
+}
+
+func sh(t *testing.T, stdin []byte, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return out
+}
+
+// opensslPCR chains PCR = H(PCR || H(text)) from zeros with openssl alone.
+func opensslPCR(t *testing.T, flag string, size int, texts []string) string {
+	pcr := make([]byte, size)
+	for _, s := range texts {
+		d := sh(t, []byte(s), "openssl", "dgst", "-binary", flag)
+		pcr = sh(t, append(pcr, d...), "openssl", "dgst", "-binary", flag)
+	}
+	return hex.EncodeToString(pcr)
+}
+
+// TestPCRPredictMatchesIndependentTools derives the event texts from
+// fsverity-utils and openssl, chains them with openssl, and compares with
+// `cfsroot pcr predict`.
+func TestPCRPredictMatchesIndependentTools(t *testing.T) {
+	f := newPCRFixture(t)
+	digest := strings.Fields(string(testutil.Run(t, "fsverity", "digest", f.image)))[0]
+	fpOut := string(testutil.Run(t, "openssl", "x509", "-in", f.cert, "-noout", "-fingerprint", "-sha256"))
+	fp := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(fpOut[strings.Index(fpOut, "=")+1:]), ":", ""))
+	pol := strings.Fields(string(testutil.Run(t, "openssl", "dgst", "-sha256", "-r", f.policy)))[0]
+	texts := []string{
+		"cfsroot-image:image:" + digest,
+		"cfsroot-signer:sha256:" + fp,
+		"cfsroot-ipe-policy:sha256:" + pol,
+		"cfsroot-separator",
+	}
+	out, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--sig", f.sig, "--trusted", f.cert, "--policy", f.policy,
+		"--bank", "sha1,sha256,sha384,sha512,sm3_256", "--events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	types := []string{"cfsroot-image", "cfsroot-signer", "cfsroot-ipe-policy", "cfsroot-separator"}
+	for i, s := range texts {
+		fmt.Fprintf(&want, "event %s %s\n", types[i], s)
+	}
+	for _, b := range []struct {
+		name, flag string
+		size       int
+	}{{"sha1", "-sha1", 20}, {"sha256", "-sha256", 32}, {"sha384", "-sha384", 48}, {"sha512", "-sha512", 64}, {"sm3_256", "-sm3", 32}} {
+		fmt.Fprintf(&want, "15 %s %s\n", b.name, opensslPCR(t, b.flag, b.size, texts))
+	}
+	if out != want.String() {
+		t.Errorf("pcr predict printed\n%s\nindependent tools say\n%s", out, want.String())
+	}
+
+	// --signer with the same certificate predicts the same; other names,
+	// images and signers predict differently.
+	same, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--signer", f.cert, "--policy", f.policy, "--bank", "sha256", "--pcr", "7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "15 sha256 "+strings.TrimPrefix(strings.TrimSpace(same), "7 sha256 ")+"\n") {
+		t.Errorf("--signer predicts %q, --sig predicted %q", same, out)
+	}
+	seen := map[string]string{same: "base"}
+	for name, args := range map[string][]string{
+		"no policy": {"--image", f.image, "--signer", f.cert},
+		"renamed":   {"--image", f.image, "--signer", f.cert, "--policy", f.policy, "--name", "other"},
+		"pinned":    {"--image", f.image, "--digest", digest, "--policy", f.policy},
+		"image":     {"--image", randomFile(t, t.TempDir(), 100), "--signer", f.cert, "--policy", f.policy},
+	} {
+		o, _, err := runCLI(t, append([]string{"pcr", "predict", "--bank", "sha256", "--pcr", "7"}, args...)...)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if prev, dup := seen[o]; dup {
+			t.Errorf("%s predicts the same as %s: %s", name, prev, o)
+		}
+		seen[o] = name
+	}
+}
+
+func TestPCRPredictPinned(t *testing.T) {
+	dir := t.TempDir()
+	img := randomFile(t, dir, 5000)
+	d, err := verity.DigestFile(img, verity.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := runCLI(t, "pcr", "predict", "--image", img, "--digest", d.String(), "--events", "--bank", "sha256")
+	if err != nil || !strings.Contains(out, "event cfsroot-signer cfsroot-signer:pinned-digest\n") {
+		t.Errorf("pinned: %q, %v", out, err)
+	}
+	d.Sum[0] ^= 1
+	_, _, err = runCLI(t, "pcr", "predict", "--image", img, "--digest", d.String())
+	if err == nil || !strings.Contains(err.Error(), "not the pinned") {
+		t.Errorf("wrong pinned digest: %v", err)
+	}
+}
+
+func TestPCRPredictRefusesBadSignature(t *testing.T) {
+	f := newPCRFixture(t)
+	_, other := opensslKey(t, f.dir, "other")
+	_, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--sig", f.sig, "--trusted", other)
+	if err == nil || !strings.Contains(err.Error(), "init would refuse") {
+		t.Errorf("untrusted signer: %v", err)
+	}
+}
+
+func TestPCRUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	img := randomFile(t, dir, 10)
+	for _, args := range [][]string{
+		{"pcr"},
+		{"pcr", "frobnicate"},
+		{"pcr", "predict"},
+		{"pcr", "predict", "--image", img},
+		{"pcr", "predict", "--image", img, "--digest", "sha256:00", "--signer", "x"},
+		{"pcr", "predict", "--image", img, "--sig", "x"},
+		{"pcr", "predict", "--image", img, "--digest", "sha256:00", "--bank", "md5"},
+		{"pcr", "predict", "--image", img, "--digest", "sha256:00", "--bank", "0x0027"},
+		{"pcr", "predict", "--image", img, "--digest", "sha256:00", "--pcr", "24"},
+		{"pcr", "predict", "--image", img, "--digest", "nothex"},
+		{"pcr", "predict", img},
+		{"pcr", "replay", "a", "b"},
+		{"pcr", "replay", "--pcr", "-2", "a"},
+	} {
+		_, _, err := runCLI(t, args...)
+		if _, ok := err.(*usageError); !ok {
+			t.Errorf("%q: got %v, want a usage error", args, err)
+		}
+	}
+	if _, _, err := runCLI(t, "pcr", "replay", filepath.Join(dir, "missing.log")); err == nil {
+		t.Error("replay of a missing log succeeded")
+	}
+}
+
+// TestPCRReplayEqualsTPM is the host half of issue 6's VM test: measure an
+// image into the TPM simulator as the init does, then `cfsroot pcr replay`
+// of the log it wrote and `cfsroot pcr predict` for the same files both give
+// the PCR values the TPM holds, on every bank it has.
+func TestPCRReplayEqualsTPM(t *testing.T) {
+	f := newPCRFixture(t)
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	ctx := context.Background()
+	m, err := measure.New(ctx, transport.FromReadWriter(sim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.LogPath = filepath.Join(f.dir, "tpm2-measure.log")
+
+	// What the init does with these files.
+	d, err := verity.DigestFile(f.image, verity.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, err := signature.LoadTrustStore(f.cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, _ := os.ReadFile(f.sig)
+	signer, err := signature.Verify(sig, d, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy, _ := os.ReadFile(f.policy)
+	evs, err := measure.Events(measure.ImageInfo{Name: "image", Digest: d, Signer: signer, Policy: policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ExtendAll(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Read(ctx, 15)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tpm strings.Builder
+	var names []string
+	for _, a := range m.Banks() {
+		fmt.Fprintf(&tpm, "15 %s %x\n", a, got[a])
+		names = append(names, a.String())
+	}
+	banks := strings.Join(names, ",")
+
+	replayed, stderr, err := runCLI(t, "pcr", "replay", "--strict", "--bank", banks, m.LogPath)
+	if err != nil || stderr != "" {
+		t.Fatalf("replay: %v %s", err, stderr)
+	}
+	predicted, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--sig", f.sig, "--trusted", f.cert, "--policy", f.policy, "--bank", banks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if replayed != tpm.String() || predicted != tpm.String() {
+		t.Errorf("TPM has\n%s\nreplay says\n%s\npredict says\n%s", tpm.String(), replayed, predicted)
+	}
+
+	// A record whose digest is not the hash of its text is reported.
+	log, _ := os.ReadFile(m.LogPath)
+	bad := filepath.Join(f.dir, "bad.log")
+	os.WriteFile(bad, bytes.Replace(log, []byte("cfsroot-separator\""), []byte("cfsroot-separatoR\""), 1), 0o600)
+	if _, _, err := runCLI(t, "pcr", "replay", "--strict", bad); err == nil {
+		t.Error("--strict accepted a record whose digest does not match its text")
+	}
+	if _, stderr, err := runCLI(t, "pcr", "replay", bad); err != nil || !strings.Contains(stderr, "warning") {
+		t.Errorf("replay of a mismatching record: %v, stderr %q", err, stderr)
+	}
+}
