@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite cfsroot.config and README.md from the table")
@@ -284,12 +286,14 @@ func TestCheck(t *testing.T) {
 // fetched by tools/fetch-kernel.sh (a no-op when cached).
 func debianConfig(t *testing.T, suite string) (*Config, string) {
 	t.Helper()
-	root := repoRoot(t)
-	out, err := exec.Command(filepath.Join(root, "tools", "fetch-kernel.sh"), suite).Output()
+	out, err := exec.Command(filepath.Join(testutil.RepoRoot(t), "tools", "fetch-kernel.sh"), suite).Output()
 	if err != nil {
 		msg := err.Error()
 		if ee, ok := err.(*exec.ExitError); ok {
 			msg += ": " + string(ee.Stderr)
+		}
+		if testutil.InCI() {
+			t.Fatalf("tools/fetch-kernel.sh %s failed: %s", suite, msg)
 		}
 		t.Skipf("cannot fetch Debian %s's kernel (needs apt and the network): %s; run tools/fetch-kernel.sh %s", suite, msg, suite)
 	}
@@ -299,23 +303,6 @@ func debianConfig(t *testing.T, suite string) (*Config, string) {
 		t.Fatal(err)
 	}
 	return c, dir
-}
-
-func repoRoot(t *testing.T) string {
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
 }
 
 func TestDebianTrixie(t *testing.T) {

@@ -120,7 +120,7 @@ var table = []Requirement{
 	{
 		ID: "proc", Section: secEarly, Level: Required,
 		AnyOf: []Option{{Name: "PROC_FS"}},
-		Why:   "The init reads /proc/cmdline and /proc/self/mountinfo and moves /proc into the new root.",
+		Why:   "The init reads /proc/cmdline and moves /proc into the new root.",
 	},
 	{
 		ID: "sysfs", Section: secEarly, Level: Required,
@@ -136,8 +136,9 @@ var table = []Requirement{
 	{
 		ID: "tmpfs-xattr", Section: secEarly, Level: Recommended,
 		AnyOf: []Option{{Name: "TMPFS_XATTR"}},
-		Why: "A writable tmpfs upper layer must store overlayfs' trusted.overlay.* xattrs " +
-			"(whiteouts, opaque directories); without them deleting a file from the image fails.",
+		Why: "A writable tmpfs upper layer needs xattrs: overlayfs records opaque directories and " +
+			"redirects in trusted.overlay.* xattrs there, and turns redirect_dir and metacopy off when " +
+			"the upper filesystem has none.",
 	},
 	{
 		ID: "modules", Section: secEarly, Level: Optional,
@@ -190,7 +191,8 @@ var table = []Requirement{
 		ID: "erofs-xattr", Section: secMount, Level: Required,
 		AnyOf: []Option{{Name: "EROFS_FS_XATTR", Since: "5.4"}},
 		Why: "composefs keeps overlayfs metadata in trusted.overlay.* xattrs (metacopy digests, " +
-			"redirects to objects, whiteouts); without xattrs every file reads as empty.",
+			"redirects to objects, whiteouts); without EROFS xattrs overlayfs cannot see them, so files " +
+			"are neither redirected to their objects nor verified.",
 	},
 	{
 		ID: "erofs-source", Section: secMount, Level: Required,
@@ -291,8 +293,7 @@ var table = []Requirement{
 	{
 		ID: "uefi-keys", Section: secKeys, Level: Recommended,
 		AnyOf: []Option{{Name: "LOAD_UEFI_KEYS", Deps: []string{"EFI"}}},
-		Why: "Loads the UEFI db certificates into the .platform keyring at boot (it is on whenever EFI and " +
-			"INTEGRITY_PLATFORM_KEYRING are).",
+		Why:   "Loads the UEFI db certificates into the .platform keyring at boot; depends on EFI and INTEGRITY_PLATFORM_KEYRING.",
 	},
 
 	// TPM.
