@@ -18,6 +18,7 @@ declare -A want=(
 	[swtpm]=swtpm
 	[swtpm_setup]=swtpm-tools
 	[mkfs.ext4]=e2fsprogs
+	[mkfs.erofs]=erofs-utils
 	[depmod]=kmod
 	[cpio]=cpio
 	[xz]=xz-utils
