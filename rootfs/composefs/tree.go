@@ -54,6 +54,9 @@ const (
 	// MaxInodeXattrSize bounds the xattrs of one node: the sum over its
 	// xattrs of len(key)+len(value)+4 (mkcomposefs' LCFS_INODE_EXTERNAL_XATTR_MAX).
 	MaxInodeXattrSize = 65535 / 2
+	// MaxFileSize is the largest external regular file: its chunk table
+	// (1024 chunks of 8 TiB) must fit one block.
+	MaxFileSize = 1 << 53
 	// DigestSize is the size of an fs-verity SHA-256 digest.
 	DigestSize = 32
 )
@@ -109,7 +112,17 @@ type Node struct {
 
 	entries []Entry // sorted by Name (byte order), directories only
 	links   int     // number of directory entries naming this node
+	// The entry that owns a hard-linked node: the writer places the inode
+	// where this entry is (mkcomposefs places it at the dump line that is
+	// not an "@" line). nil once that entry is removed; then the first
+	// entry in breadth-first order owns it.
+	primaryDir  *Node
+	primaryName string
 }
+
+// NewNode returns a node with the given st_mode and one link, ready to be
+// added to a directory.
+func NewNode(mode uint32) *Node { return &Node{Mode: mode, Nlink: 1} }
 
 // Entry is a directory entry: a name and the node it names.
 type Entry struct {
@@ -125,6 +138,10 @@ func (n *Node) IsDir() bool { return n.Type() == ModeDir }
 
 // IsWhiteout reports whether n is an overlay whiteout (character device 0/0).
 func (n *Node) IsWhiteout() bool { return n.Type() == ModeCharDev && n.Rdev == 0 }
+
+// NumLinks returns how many directory entries name n: more than one means
+// n is hard linked.
+func (n *Node) NumLinks() int { return n.links }
 
 // Entries returns the entries of directory n sorted by name (byte order,
 // without "." and ".."). The slice belongs to n: do not modify it.
@@ -177,6 +194,9 @@ func (n *Node) Add(name string, child *Node) error {
 	n.entries = append(n.entries, Entry{})
 	copy(n.entries[i+1:], n.entries[i:])
 	n.entries[i] = Entry{Name: name, Node: child}
+	if child.links == 0 {
+		child.primaryDir, child.primaryName = n, name
+	}
 	child.links++
 	return nil
 }
@@ -188,7 +208,11 @@ func (n *Node) Remove(name string) bool {
 	if !ok {
 		return false
 	}
-	n.entries[i].Node.links--
+	child := n.entries[i].Node
+	child.links--
+	if child.primaryDir == n && child.primaryName == name {
+		child.primaryDir, child.primaryName = nil, ""
+	}
 	n.entries = append(n.entries[:i], n.entries[i+1:]...)
 	return true
 }

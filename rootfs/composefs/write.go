@@ -1,0 +1,1095 @@
+package composefs
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"sort"
+	"strings"
+
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// Format constants (libcomposefs lcfs-erofs.h, kernel erofs_fs.h).
+const (
+	headerMagic     = 0xd078629a // LCFS_EROFS_MAGIC
+	headerVersion   = 1          // LCFS_EROFS_VERSION
+	headerFlagACL   = 1          // LCFS_EROFS_FLAGS_HAS_ACL
+	erofsMagic      = 0xE0F5E1E2
+	superOffset     = 1024
+	superSize       = 128
+	blockSize       = 4096
+	blockBits       = 12
+	slotSize        = 32
+	compactSize     = 32
+	extendedSize    = 64
+	xattrHeaderSize = 12
+	xattrEntrySize  = 4
+	direntSize      = 12
+	maxChunks       = 1024 // LCFS_MAX_NONINLINE_CHUNKS
+	chunkBitsMask   = 31   // EROFS_CHUNK_FORMAT_BLKBITS_MASK
+	maxSharedPerIno = 128  // EROFS_XATTR_LONG_PREFIX: shared refs per inode
+
+	layoutFlatPlain  = 0
+	layoutFlatInline = 2
+	layoutChunkBased = 4
+
+	featureCompatMtime       = 0x2
+	featureCompatXattrFilter = 0x4
+	xattrFilterSeed          = 0x25BBE08F
+
+	// maxVersion is the newest format version this package writes.
+	maxVersion = 1
+)
+
+// Overlay xattrs (libcomposefs lcfs-internal.h).
+const (
+	xattrOverlayPrefix  = "trusted.overlay."
+	xattrEscapePrefix   = "trusted.overlay.overlay."
+	xattrMetacopy       = "trusted.overlay.metacopy"
+	xattrRedirect       = "trusted.overlay.redirect"
+	xattrOpaque         = "trusted.overlay.opaque"
+	xattrEscWhiteout    = "trusted.overlay.overlay.whiteout"
+	xattrEscWhiteouts   = "trusted.overlay.overlay.whiteouts"
+	xattrEscOpaque      = "trusted.overlay.overlay.opaque"
+	xattrUserWhiteout   = "user.overlay.whiteout"
+	xattrUserWhiteouts  = "user.overlay.whiteouts"
+	xattrUserOpaque     = "user.overlay.opaque"
+	xattrSELinux        = "security.selinux"
+	xattrACLAccess      = "system.posix_acl_access"
+	xattrACLDefault     = "system.posix_acl_default"
+	xattrEntryOverhead  = 2*xattrEntrySize - 1 // lcfs accounting per xattr
+	fsverityHashSHA256  = 1
+	metacopyDigestValue = 4 + DigestSize
+)
+
+// WriteOptions control Write. The zero value writes format version 0 only;
+// use DefaultWriteOptions for mkcomposefs' defaults.
+type WriteOptions struct {
+	// MinVersion is the format version written (0 or 1), unless the tree
+	// has a whiteout and MaxVersion allows 1: then 1. Version 1 also marks
+	// directories holding whiteouts with overlayfs' "xwhiteouts" opaque=x
+	// xattrs (composefs ≥ 1.0.3 readers need it for such directories).
+	MinVersion int
+	// MaxVersion is the newest version that may be chosen (0 or 1); values
+	// below MinVersion are raised to it.
+	MaxVersion int
+}
+
+// DefaultWriteOptions returns mkcomposefs' defaults (versions 0 to 1).
+func DefaultWriteOptions() *WriteOptions { return &WriteOptions{MinVersion: 0, MaxVersion: 1} }
+
+// WriteResult describes a written image.
+type WriteResult struct {
+	// Digest is the fs-verity digest (SHA-256, 4 KiB blocks, no salt) of
+	// the image: its identity, what signatures sign and what
+	// `mkcomposefs --print-digest` prints.
+	Digest verity.Digest
+	// Version is the format version written.
+	Version int
+	// Size is the image size in bytes.
+	Size int64
+	// Inodes is the number of inodes, including the 256 whiteouts every
+	// image has in its root.
+	Inodes int
+}
+
+// Write writes root as a composefs image to w, byte for byte as mkcomposefs
+// (composefs 1.0.8) writes the same tree, and returns the image's fs-verity
+// digest. opts nil means DefaultWriteOptions. The tree is not modified.
+func Write(w io.Writer, root *Node, opts *WriteOptions) (WriteResult, error) {
+	if opts == nil {
+		opts = DefaultWriteOptions()
+	}
+	minV, maxV := opts.MinVersion, opts.MaxVersion
+	if minV < 0 || minV > maxVersion || maxV < 0 || maxV > maxVersion {
+		return WriteResult{}, fmt.Errorf("composefs: format versions must be 0 or 1 (got min %d, max %d)", minV, maxV)
+	}
+	if maxV < minV {
+		maxV = minV
+	}
+	if root == nil || !root.IsDir() {
+		return WriteResult{}, errors.New("composefs: the root must be a directory")
+	}
+	version := minV
+	if version < 1 && maxV >= 1 && hasWhiteout(root) {
+		version = 1
+	}
+	b := &builder{version: version, links: map[*Node]*winode{}}
+	if err := b.build(root); err != nil {
+		return WriteResult{}, fmt.Errorf("composefs: %w", err)
+	}
+	b.computeShared()
+	if err := b.layout(); err != nil {
+		return WriteResult{}, fmt.Errorf("composefs: %w", err)
+	}
+	tree, err := verity.NewTree(verity.Params{})
+	if err != nil {
+		return WriteResult{}, err
+	}
+	cw := &countingWriter{w: w, tree: tree}
+	bw := bufio.NewWriterSize(cw, 1<<20)
+	if err := b.write(bw); err != nil {
+		return WriteResult{}, fmt.Errorf("composefs: write image: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		return WriteResult{}, fmt.Errorf("composefs: write image: %w", err)
+	}
+	if cw.n != int64(b.totalSize) {
+		return WriteResult{}, fmt.Errorf("composefs: internal error: wrote %d bytes, laid out %d", cw.n, b.totalSize)
+	}
+	return WriteResult{Digest: tree.Digest(), Version: version, Size: cw.n, Inodes: len(b.inodes)}, nil
+}
+
+// countingWriter passes bytes on to w and to the fs-verity tree.
+type countingWriter struct {
+	w    io.Writer
+	tree *verity.Tree
+	n    int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.tree.Write(p[:n])
+	c.n += int64(n)
+	return n, err
+}
+
+func hasWhiteout(n *Node) bool {
+	for _, e := range n.entries {
+		if e.Node.IsWhiteout() {
+			return true
+		}
+		if e.Node.IsDir() && hasWhiteout(e.Node) {
+			return true
+		}
+	}
+	return false
+}
+
+// winode is one inode as it will be written: the node after the overlay
+// rewrite (escaped xattrs, metacopy/redirect, whiteouts as files) and its
+// place in the image.
+type winode struct {
+	node    *Node   // nil for the root whiteouts the writer adds
+	parent  *winode // the directory holding the entry that placed it
+	name    string  // that entry's name ("" for the root)
+	mode    uint32
+	nlink   uint32
+	uid     uint32
+	gid     uint32
+	rdev    uint32
+	size    uint64 // st_size as mkcomposefs keeps it (the compact rule uses it)
+	mtime   Time
+	xattrs  []Xattr
+	shared  []int64 // per xattr: offset in the shared table, or -1
+	acct    int64   // libcomposefs' xattr_size accounting since the clone
+	ents    []went  // directories: entries with "." and "..", sorted
+	content []byte  // inline regular file data
+	target  string  // symlink target
+	chunked bool    // external regular file: chunk-based, null chunks
+
+	ino     uint32
+	nid     uint64
+	compact bool
+	ipad    uint64
+	xsize   uint64
+	nblocks uint64
+	tail    uint64
+	isize   uint64
+}
+
+type went struct {
+	name string
+	node *Node   // nil for "." and ".." and the added root whiteouts
+	w    *winode // resolved target
+}
+
+func (w *winode) typ() uint32 { return w.mode & ModeTypeMask }
+
+func (w *winode) path() string {
+	if w.parent == nil || w.parent == w {
+		return "/"
+	}
+	var parts []string
+	for x := w; x.parent != nil && x.parent != x; x = x.parent {
+		parts = append(parts, x.name)
+	}
+	var sb strings.Builder
+	for i := len(parts) - 1; i >= 0; i-- {
+		sb.WriteByte('/')
+		sb.WriteString(parts[i])
+	}
+	return sb.String()
+}
+
+func (w *winode) xattrIndex(key string) int {
+	for i := range w.xattrs {
+		if w.xattrs[i].Key == key {
+			return i
+		}
+	}
+	return -1
+}
+
+// setXattr sets an xattr the way lcfs_node_set_xattr does on the writer's
+// clone of the tree, including its size accounting (which starts at zero on
+// the clone and so can fail when a generated xattr replaces a longer value
+// the input already had: mkcomposefs then fails with ERANGE, and so do we).
+func (w *winode) setXattr(key string, value []byte) error {
+	if i := w.xattrIndex(key); i >= 0 {
+		old := w.xattrs[i]
+		last := len(w.xattrs) - 1
+		w.xattrs[i] = w.xattrs[last]
+		w.xattrs = w.xattrs[:last]
+		if len(w.xattrs) > 0 {
+			w.acct -= int64(xattrEntryOverhead + len(old.Key) + len(old.Value))
+		} else {
+			w.acct = 0
+		}
+	}
+	entry := int64(xattrEntryOverhead + len(key) + len(value))
+	if len(w.xattrs) == 0 {
+		entry += xattrHeaderSize
+	}
+	if sum := w.acct + entry; sum < 0 || sum > MaxInodeXattrSize {
+		return fmt.Errorf("%s: cannot set xattr %s: the node's xattrs exceed %d bytes (mkcomposefs fails the same way)", w.path(), key, MaxInodeXattrSize)
+	}
+	w.acct += entry
+	w.xattrs = append(w.xattrs, Xattr{Key: key, Value: value})
+	return nil
+}
+
+type builder struct {
+	version int
+	inodes  []*winode // breadth-first order
+	links   map[*Node]*winode
+	pending []*went // link entries seen before the node was placed
+
+	sharedTable []Xattr
+	sharedSize  uint64
+	sharedOff   map[string]int64
+	minMtime    Time
+	hasACL      bool
+
+	inodesEnd      uint64
+	dataBlockStart uint64
+	dataBlocks     uint64
+	totalSize      uint64
+}
+
+// checkNode validates what the C library validates when a node is created
+// or written, with errors naming the path.
+func checkNode(path string, n *Node) error {
+	switch n.Type() {
+	case ModeRegular:
+		if len(n.Content) > 0 {
+			if len(n.Content) > MaxInlineContent {
+				return fmt.Errorf("%s: inline content is %d bytes, at most %d allowed", path, len(n.Content), MaxInlineContent)
+			}
+			if uint64(len(n.Content)) != n.Size {
+				return fmt.Errorf("%s: inline content is %d bytes but size is %d", path, len(n.Content), n.Size)
+			}
+		} else if n.Size > 0 {
+			if _, count := chunking(n.Size); count > maxChunks {
+				return fmt.Errorf("%s: file size %d is too big for composefs (at most %d bytes)", path, n.Size, uint64(MaxFileSize))
+			}
+		}
+		if len(n.Payload) > MaxSymlinkLen {
+			return fmt.Errorf("%s: payload is %d bytes, at most %d allowed", path, len(n.Payload), MaxSymlinkLen)
+		}
+		if strings.IndexByte(n.Payload, 0) >= 0 {
+			return fmt.Errorf("%s: payload contains a NUL byte", path)
+		}
+		if n.Digest != nil && len(n.Digest) != DigestSize {
+			return fmt.Errorf("%s: digest is %d bytes, want %d (fs-verity SHA-256)", path, len(n.Digest), DigestSize)
+		}
+	case ModeSymlink:
+		if n.Payload == "" {
+			return fmt.Errorf("%s: symlink has an empty target", path)
+		}
+		if len(n.Payload) > MaxSymlinkLen {
+			return fmt.Errorf("%s: symlink target is %d bytes, at most %d allowed", path, len(n.Payload), MaxSymlinkLen)
+		}
+		if strings.IndexByte(n.Payload, 0) >= 0 {
+			return fmt.Errorf("%s: symlink target contains a NUL byte", path)
+		}
+	case ModeDir, ModeCharDev, ModeBlockDev, ModeFIFO, ModeSocket:
+	default:
+		return fmt.Errorf("%s: invalid file type in mode %o", path, n.Mode)
+	}
+	return CheckXattrs(n.Xattrs)
+}
+
+// CheckXattrs reports whether xattrs are within the limits mkcomposefs
+// accepts for one node: names of 1..MaxXattrKeyLen bytes without NUL, no
+// duplicates, values of at most MaxXattrValueLen bytes, and in total at most
+// MaxInodeXattrSize bytes as libcomposefs counts them.
+func CheckXattrs(xattrs []Xattr) error {
+	if len(xattrs) == 0 {
+		return nil
+	}
+	total := xattrHeaderSize
+	seen := make(map[string]struct{}, len(xattrs))
+	for _, x := range xattrs {
+		if x.Key == "" || len(x.Key) > MaxXattrKeyLen {
+			return fmt.Errorf("xattr name %.40q is %d bytes, must be 1..%d", x.Key, len(x.Key), MaxXattrKeyLen)
+		}
+		if strings.IndexByte(x.Key, 0) >= 0 {
+			return fmt.Errorf("xattr name %q contains a NUL byte", x.Key)
+		}
+		if len(x.Value) > MaxXattrValueLen {
+			return fmt.Errorf("xattr %s: value is %d bytes, at most %d allowed", x.Key, len(x.Value), MaxXattrValueLen)
+		}
+		if _, dup := seen[x.Key]; dup {
+			return fmt.Errorf("xattr %s is set twice", x.Key)
+		}
+		seen[x.Key] = struct{}{}
+		total += xattrEntryOverhead + len(x.Key) + len(x.Value)
+		if total > MaxInodeXattrSize {
+			return fmt.Errorf("xattrs exceed %d bytes (at %s)", MaxInodeXattrSize, x.Key)
+		}
+	}
+	return nil
+}
+
+// newInode makes the writer's copy of n and applies mkcomposefs' overlay
+// rewrite to it (add_overlayfs_xattrs): escape trusted.overlay.*, add
+// metacopy and redirect to external files, turn whiteouts into regular files
+// and mark their directory.
+func (b *builder) newInode(n *Node, parent *winode, name string) (*winode, error) {
+	w := &winode{node: n, parent: parent, name: name, mode: n.Mode, nlink: n.Nlink,
+		uid: n.UID, gid: n.GID, rdev: n.Rdev, size: n.Size, mtime: n.Mtime}
+	if err := checkNode(w.path(), n); err != nil {
+		return nil, err
+	}
+	if len(n.Xattrs) > 0 {
+		w.xattrs = make([]Xattr, len(n.Xattrs), len(n.Xattrs)+2)
+		for i, x := range n.Xattrs {
+			if strings.HasPrefix(x.Key, xattrOverlayPrefix) {
+				x.Key = xattrEscapePrefix + x.Key[len(xattrOverlayPrefix):]
+			}
+			w.xattrs[i] = x
+		}
+	}
+	switch n.Type() {
+	case ModeRegular:
+		if len(n.Content) > 0 {
+			w.content = n.Content
+		} else if n.Size > 0 {
+			w.chunked = true
+			var mc []byte
+			if n.Digest != nil {
+				mc = make([]byte, metacopyDigestValue)
+				mc[1] = metacopyDigestValue
+				mc[3] = fsverityHashSHA256
+				copy(mc[4:], n.Digest)
+			}
+			if err := w.setXattr(xattrMetacopy, mc); err != nil {
+				return nil, err
+			}
+			if n.Payload != "" {
+				if err := w.setXattr(xattrRedirect, []byte("/"+n.Payload)); err != nil {
+					return nil, err
+				}
+			}
+		}
+	case ModeSymlink:
+		w.target = n.Payload
+		w.size = uint64(len(n.Payload))
+	case ModeCharDev:
+		if n.Rdev == 0 {
+			w.size = 0
+			w.mode = ModeRegular | (n.Mode &^ ModeTypeMask)
+			for _, k := range []string{xattrEscWhiteout, xattrUserWhiteout} {
+				if err := w.setXattr(k, []byte{}); err != nil {
+					return nil, err
+				}
+			}
+			marks := []Xattr{{xattrEscWhiteouts, []byte{}}, {xattrUserWhiteouts, []byte{}}}
+			if b.version >= 1 {
+				marks = append(marks, Xattr{xattrEscOpaque, []byte("x")}, Xattr{xattrUserOpaque, []byte("x")})
+			}
+			for _, m := range marks {
+				if err := parent.setXattr(m.Key, m.Value); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return w, nil
+}
+
+// build lays the tree out in breadth-first order (lcfs_compute_tree) after
+// the overlay rewrite (rewrite_tree_for_erofs).
+func (b *builder) build(root *Node) error {
+	rw, err := b.newInode(root, nil, "")
+	if err != nil {
+		return err
+	}
+	rw.parent = rw
+	b.inodes = append(b.inodes, rw)
+	for i := 0; i < len(b.inodes); i++ {
+		w := b.inodes[i]
+		w.ino = uint32(i)
+		if w.typ() != ModeDir {
+			continue
+		}
+		if err := b.addEntries(w, root); err != nil {
+			return err
+		}
+	}
+	for _, e := range b.pending {
+		t, ok := b.links[e.node]
+		if !ok {
+			return fmt.Errorf("hard link %q: the entry that owns its node is not in the tree", e.name)
+		}
+		e.w = t
+	}
+	b.pending = nil
+
+	// The root is opaque to lower layers, and hides the object store's
+	// fan-out directories 00..ff with whiteouts (rewrite_tree_for_erofs).
+	if err := rw.setXattr(xattrOpaque, []byte("y")); err != nil {
+		return err
+	}
+
+	b.minMtime = rw.mtime
+	for _, w := range b.inodes {
+		if w.mtime.Before(b.minMtime) {
+			b.minMtime = w.mtime
+		}
+		if len(w.xattrs) > 1 {
+			sort.Slice(w.xattrs, func(i, j int) bool { return w.xattrs[i].Key < w.xattrs[j].Key })
+		}
+		if w.xattrIndex(xattrACLAccess) >= 0 || w.xattrIndex(xattrACLDefault) >= 0 {
+			b.hasACL = true
+		}
+	}
+	return nil
+}
+
+// addEntries gives directory w its entries: the tree's, ".", "..", and for
+// the root the whiteouts 00..ff; it creates and queues, in name order, the
+// inodes they place.
+func (b *builder) addEntries(w *winode, root *Node) error {
+	n := w.node
+	isRoot := w.parent == w
+	ents := make([]went, 0, len(n.entries)+2)
+	ents = append(ents, went{name: ".", w: w}, went{name: "..", w: w.parent})
+	subdirs := uint32(0)
+	for _, e := range n.entries {
+		if e.Node.IsDir() {
+			subdirs++
+		}
+		ents = append(ents, went{name: e.Name, node: e.Node})
+	}
+	w.nlink = 2 + subdirs
+	if isRoot {
+		// The root hides the object store's fan-out directories 00..ff
+		// with whiteouts, unless it has entries of those names
+		// (add_overlay_whiteouts).
+		const hex = "0123456789abcdef"
+		for i := 0; i < 256; i++ {
+			name := string([]byte{hex[i>>4], hex[i&15]})
+			if n.Lookup(name) == nil {
+				ents = append(ents, went{name: name})
+			}
+		}
+	}
+	sort.Slice(ents, func(i, j int) bool { return ents[i].name < ents[j].name })
+	for i := range ents {
+		e := &ents[i]
+		if e.w != nil {
+			continue
+		}
+		c := e.node
+		if c == nil {
+			e.w = b.rootWhiteout(w, e.name)
+			b.inodes = append(b.inodes, e.w)
+			continue
+		}
+		if t, ok := b.links[c]; ok {
+			e.w = t
+			continue
+		}
+		owner := c.links <= 1 || c.primaryDir == nil || (c.primaryDir == n && c.primaryName == e.name)
+		if !owner {
+			b.pending = append(b.pending, e)
+			continue
+		}
+		if c == root {
+			return fmt.Errorf("%s/%s: the root directory cannot be inside itself", strings.TrimSuffix(w.path(), "/"), e.name)
+		}
+		cw, err := b.newInode(c, w, e.name)
+		if err != nil {
+			return err
+		}
+		b.inodes = append(b.inodes, cw)
+		if c.links > 1 {
+			b.links[c] = cw
+		}
+		e.w = cw
+	}
+	w.ents = ents
+	return nil
+}
+
+// rootWhiteout makes one of the root's whiteouts: a real overlay whiteout
+// (character device 0/0, not escaped) with the root's owner, mtime and
+// SELinux label.
+func (b *builder) rootWhiteout(rw *winode, name string) *winode {
+	w := &winode{parent: rw, name: name, mode: ModeCharDev | 0o644, nlink: 1,
+		uid: rw.uid, gid: rw.gid, mtime: rw.mtime}
+	if i := rw.xattrIndex(xattrSELinux); i >= 0 {
+		w.xattrs = []Xattr{rw.xattrs[i]}
+	}
+	return w
+}
+
+// computeShared finds the xattrs (key and value) used by more than one
+// inode and lays out the shared xattr table (compute_erofs_shared_xattrs).
+func (b *builder) computeShared() {
+	counts := make(map[string]int)
+	var uniq []Xattr
+	for _, w := range b.inodes {
+		for _, x := range w.xattrs {
+			k := x.Key + "\x00" + string(x.Value)
+			c, ok := counts[k]
+			if !ok {
+				uniq = append(uniq, x)
+			}
+			counts[k] = c + 1
+		}
+	}
+	var shared []Xattr
+	for _, x := range uniq {
+		if counts[x.Key+"\x00"+string(x.Value)] > 1 {
+			shared = append(shared, x)
+		}
+	}
+	// Descending by key, then value length, then value bytes.
+	sort.Slice(shared, func(i, j int) bool {
+		a, c := shared[i], shared[j]
+		if a.Key != c.Key {
+			return a.Key > c.Key
+		}
+		if len(a.Value) != len(c.Value) {
+			return len(a.Value) > len(c.Value)
+		}
+		return bytes.Compare(a.Value, c.Value) > 0
+	})
+	b.sharedTable = shared
+	b.sharedOff = make(map[string]int64, len(shared))
+	off := uint64(0)
+	for _, x := range shared {
+		b.sharedOff[x.Key+"\x00"+string(x.Value)] = int64(off)
+		off += xattrEntryLen(x)
+	}
+	b.sharedSize = off
+	for _, w := range b.inodes {
+		if len(w.xattrs) == 0 {
+			continue
+		}
+		w.shared = make([]int64, len(w.xattrs))
+		n := 0
+		for i, x := range w.xattrs {
+			w.shared[i] = -1
+			if off, ok := b.sharedOff[x.Key+"\x00"+string(x.Value)]; ok && n < maxSharedPerIno {
+				w.shared[i] = off
+				n++
+			}
+		}
+	}
+}
+
+// xattrPrefix returns the EROFS name index of key and the name suffix
+// stored (xattr_erofs_entry_index).
+func xattrPrefix(key string) (uint8, string) {
+	for _, p := range [...]struct {
+		prefix string
+		index  uint8
+	}{
+		{"user.", 1},
+		{xattrACLAccess, 2},
+		{xattrACLDefault, 3},
+		{"trusted.", 4},
+		{"security.", 6},
+	} {
+		if strings.HasPrefix(key, p.prefix) {
+			return p.index, key[len(p.prefix):]
+		}
+	}
+	return 0, key
+}
+
+func xattrEntryLen(x Xattr) uint64 {
+	_, suffix := xattrPrefix(x.Key)
+	return roundUp(uint64(xattrEntrySize+len(suffix)+len(x.Value)), 4)
+}
+
+func roundUp(x, align uint64) uint64 { return (x + align - 1) / align * align }
+
+// chunking returns the chunk size bits and chunk count of an external file
+// (erofs_compute_chunking): one chunk covering the file where possible.
+func chunking(size uint64) (chunkBits uint32, count uint64) {
+	chunkBits = uint32(bits.Len64(size - 1)) // ilog2(size-1)+1; small sizes end up at 12
+	if size == 0 || chunkBits < blockBits {
+		chunkBits = blockBits
+	}
+	if chunkBits-blockBits > chunkBitsMask {
+		chunkBits = chunkBitsMask + blockBits
+	}
+	chunk := uint64(1) << chunkBits
+	count = size/chunk + min(size%chunk, 1)
+	return chunkBits, count
+}
+
+// dirChunks splits a directory's entries into blocks as EROFS readers
+// expect: a new block starts when an entry's dirent and name would not fit.
+// It returns the start index of each block.
+func dirChunks(ents []went) (starts []int, lastSize uint64) {
+	starts = []int{0}
+	size := uint64(0)
+	for i, e := range ents {
+		l := uint64(direntSize + len(e.name))
+		if size+l > blockSize {
+			starts = append(starts, i)
+			size = 0
+		}
+		size += l
+	}
+	return starts, size
+}
+
+func (b *builder) fitsCompact(w *winode) bool {
+	if w.mtime != b.minMtime {
+		return false
+	}
+	if w.nlink > 0xFFFF || w.uid > 0xFFFF || w.gid > 0xFFFF {
+		return false
+	}
+	size := w.size
+	if w.typ() == ModeDir {
+		size = w.nblocks*blockSize + w.tail
+	}
+	return size <= 0xFFFFFFFF
+}
+
+// layout computes every inode's size, place and padding
+// (compute_erofs_inodes).
+func (b *builder) layout() error {
+	pos := uint64(superOffset + superSize)
+	metaStart := uint64(0) // round_down(pos, 4096)
+	for _, w := range b.inodes {
+		// compute_erofs_inode_size
+		switch w.typ() {
+		case ModeDir:
+			starts, last := dirChunks(w.ents)
+			w.nblocks = uint64(len(starts) - 1)
+			w.tail = last
+			if w.tail > blockSize/2 {
+				w.nblocks++
+				w.tail = 0
+			}
+		case ModeSymlink:
+			w.nblocks, w.tail = 0, uint64(len(w.target))
+		case ModeRegular:
+			switch {
+			case w.size == 0:
+				w.nblocks, w.tail = 0, 0
+			case w.content != nil:
+				w.nblocks, w.tail = w.size/blockSize, w.size%blockSize
+				if w.tail > blockSize/2 {
+					w.nblocks++
+					w.tail = 0
+				}
+			default:
+				_, count := chunking(w.size)
+				w.nblocks, w.tail = 0, count*4
+			}
+		default:
+			w.nblocks, w.tail = 0, 0
+		}
+		w.compact = b.fitsCompact(w)
+		isize := uint64(extendedSize)
+		if w.compact {
+			isize = compactSize
+		}
+		nShared, unshared := 0, uint64(0)
+		for i, x := range w.xattrs {
+			if w.shared[i] >= 0 {
+				nShared++
+			} else {
+				unshared += xattrEntryLen(x)
+			}
+		}
+		if nShared > 0 || unshared > 0 {
+			w.xsize = roundUp(xattrHeaderSize+uint64(nShared)*xattrEntrySize+unshared, 4)
+		}
+		if (w.xsize-xattrHeaderSize)/4+1 > 0xFFFF && w.xsize > 0 {
+			return fmt.Errorf("%s: too many xattrs for one inode", w.path())
+		}
+		ppos := pos
+		pos = roundUp(pos, slotSize)
+		w.ipad = pos - ppos
+		extra := b.tailPadding(w, pos, isize)
+		w.ipad += extra
+		pos += extra
+		w.isize = isize + w.xsize + w.tail
+		b.dataBlocks += w.nblocks
+		w.nid = (pos - metaStart) / slotSize
+		pos += w.isize
+	}
+	b.inodesEnd = roundUp(pos, slotSize)
+	b.dataBlockStart = roundUp(b.inodesEnd+b.sharedSize, blockSize)
+	b.totalSize = b.dataBlockStart + b.dataBlocks*blockSize
+	if b.inodes[0].nid >= 0xFFFF {
+		return errors.New("internal error: root nid does not fit 16 bits")
+	}
+	if b.totalSize/blockSize > 0xFFFFFFFF {
+		return fmt.Errorf("image would be %d bytes, too big for EROFS", b.totalSize)
+	}
+	return nil
+}
+
+// tailPadding returns the padding to put before an inode at pos so that its
+// inline tail does not cross a block boundary, and moves the tail to a data
+// block when it cannot fit (compute_erofs_inode_padding_for_tail).
+func (b *builder) tailPadding(w *winode, pos, isize uint64) uint64 {
+	nonTail := isize + w.xsize
+	total := nonTail + w.tail
+	if w.typ() == ModeSymlink {
+		// The inode and its target stay in one block; a record bigger
+		// than a block moves the target to a data block.
+		if total/blockSize > 0 {
+			w.nblocks++
+			w.tail = 0
+		}
+		if pos/blockSize != (pos+total-1)/blockSize {
+			return roundUp(pos, blockSize) - pos
+		}
+		return 0
+	}
+	rem := blockSize - (pos+nonTail)%blockSize
+	if rem < w.tail {
+		pad := roundUp(rem, slotSize)
+		rem = blockSize - (pos+nonTail+pad)%blockSize
+		if w.tail <= rem {
+			return pad
+		}
+		w.nblocks++
+		w.tail = 0
+		return roundUp(pos, blockSize) - pos
+	}
+	return 0
+}
+
+// ewriter writes little-endian fields and tracks the offset.
+type ewriter struct {
+	w   *bufio.Writer
+	off uint64
+	buf [64]byte
+	err error
+}
+
+func (e *ewriter) bytes(p []byte) {
+	if e.err != nil {
+		return
+	}
+	_, e.err = e.w.Write(p)
+	e.off += uint64(len(p))
+}
+
+func (e *ewriter) str(s string) {
+	if e.err != nil {
+		return
+	}
+	_, e.err = e.w.WriteString(s)
+	e.off += uint64(len(s))
+}
+
+var zeros [blockSize]byte
+
+func (e *ewriter) pad(n uint64) {
+	for n > 0 {
+		k := min(n, uint64(len(zeros)))
+		e.bytes(zeros[:k])
+		n -= k
+	}
+}
+
+func (e *ewriter) align(a uint64) { e.pad(roundUp(e.off, a) - e.off) }
+
+func (e *ewriter) u32(v uint32) {
+	binary.LittleEndian.PutUint32(e.buf[:4], v)
+	e.bytes(e.buf[:4])
+}
+
+func (b *builder) write(bw *bufio.Writer) error {
+	e := &ewriter{w: bw}
+	// composefs header
+	var h [32]byte
+	binary.LittleEndian.PutUint32(h[0:], headerMagic)
+	binary.LittleEndian.PutUint32(h[4:], headerVersion)
+	if b.hasACL {
+		binary.LittleEndian.PutUint32(h[8:], headerFlagACL)
+	}
+	binary.LittleEndian.PutUint32(h[12:], uint32(b.version))
+	e.bytes(h[:])
+	e.pad(superOffset - 32)
+
+	// superblock
+	var sb [superSize]byte
+	le := binary.LittleEndian
+	le.PutUint32(sb[0:], erofsMagic)
+	le.PutUint32(sb[8:], featureCompatMtime|featureCompatXattrFilter)
+	sb[12] = blockBits
+	le.PutUint16(sb[14:], uint16(b.inodes[0].nid))
+	le.PutUint64(sb[16:], uint64(len(b.inodes)))
+	le.PutUint64(sb[24:], uint64(b.minMtime.Sec))
+	le.PutUint32(sb[32:], b.minMtime.Nsec)
+	le.PutUint32(sb[36:], uint32(b.dataBlockStart/blockSize+b.dataBlocks))
+	le.PutUint32(sb[40:], 0) // meta_blkaddr
+	le.PutUint32(sb[44:], uint32(b.inodesEnd/blockSize))
+	e.bytes(sb[:])
+
+	currentEnd := b.dataBlockStart
+	for _, w := range b.inodes {
+		b.writeInode(e, w, &currentEnd)
+	}
+	e.align(slotSize)
+	if e.err == nil && e.off != b.inodesEnd {
+		return fmt.Errorf("internal error: inodes end at %d, laid out %d", e.off, b.inodesEnd)
+	}
+	for _, x := range b.sharedTable {
+		writeXattr(e, x)
+	}
+	e.align(blockSize)
+	if e.err == nil && e.off != b.dataBlockStart {
+		return fmt.Errorf("internal error: data starts at %d, laid out %d", e.off, b.dataBlockStart)
+	}
+	for _, w := range b.inodes {
+		b.writeData(e, w)
+	}
+	if e.err == nil && e.off != currentEnd {
+		return fmt.Errorf("internal error: data ends at %d, blocks assigned up to %d", e.off, currentEnd)
+	}
+	return e.err
+}
+
+func writeXattr(e *ewriter, x Xattr) {
+	idx, suffix := xattrPrefix(x.Key)
+	var h [4]byte
+	h[0] = uint8(len(suffix))
+	h[1] = idx
+	binary.LittleEndian.PutUint16(h[2:], uint16(len(x.Value)))
+	e.bytes(h[:])
+	e.str(suffix)
+	e.bytes(x.Value)
+	e.align(4)
+}
+
+func (b *builder) writeInode(e *ewriter, w *winode, currentEnd *uint64) {
+	e.pad(w.ipad)
+	typ := w.typ()
+	icount := uint64(0)
+	if w.xsize > 0 {
+		icount = (w.xsize-xattrHeaderSize)/4 + 1
+	}
+	version := uint16(1)
+	if w.compact {
+		version = 0
+	}
+	layout := uint16(layoutFlatPlain)
+	if w.tail > 0 {
+		layout = layoutFlatInline
+	}
+	var size uint64
+	var iu uint32
+	chunkFormat := uint32(0)
+	switch typ {
+	case ModeDir:
+		size = w.nblocks*blockSize + w.tail
+	case ModeRegular:
+		size = w.size
+		if w.chunked {
+			bits, _ := chunking(w.size)
+			layout = layoutChunkBased
+			chunkFormat = bits - blockBits
+		}
+	case ModeSymlink:
+		if w.nblocks == 0 {
+			size = w.tail
+		} else {
+			size = w.size
+		}
+	}
+	switch typ {
+	case ModeDir, ModeRegular, ModeSymlink:
+		if w.nblocks > 0 {
+			iu = uint32(*currentEnd / blockSize)
+			*currentEnd += blockSize * w.nblocks
+		}
+		if layout == layoutChunkBased {
+			// i_u.c.format overlays the low half of raw_blkaddr.
+			iu = iu&0xFFFF0000 | chunkFormat&0xFFFF
+		}
+	case ModeCharDev, ModeBlockDev:
+		iu = w.rdev
+	}
+	format := layout<<1 | version
+	le := binary.LittleEndian
+	if w.compact {
+		var in [compactSize]byte
+		le.PutUint16(in[0:], format)
+		le.PutUint16(in[2:], uint16(icount))
+		le.PutUint16(in[4:], uint16(w.mode))
+		le.PutUint16(in[6:], uint16(w.nlink))
+		le.PutUint32(in[8:], uint32(size))
+		le.PutUint32(in[16:], iu)
+		le.PutUint32(in[20:], w.ino)
+		le.PutUint16(in[24:], uint16(w.uid))
+		le.PutUint16(in[26:], uint16(w.gid))
+		e.bytes(in[:])
+	} else {
+		var in [extendedSize]byte
+		le.PutUint16(in[0:], format)
+		le.PutUint16(in[2:], uint16(icount))
+		le.PutUint16(in[4:], uint16(w.mode))
+		le.PutUint64(in[8:], size)
+		le.PutUint32(in[16:], iu)
+		le.PutUint32(in[20:], w.ino)
+		le.PutUint32(in[24:], w.uid)
+		le.PutUint32(in[28:], w.gid)
+		le.PutUint64(in[32:], uint64(w.mtime.Sec))
+		le.PutUint32(in[40:], w.mtime.Nsec)
+		le.PutUint32(in[44:], w.nlink)
+		e.bytes(in[:])
+	}
+
+	if w.xsize > 0 {
+		filter := uint32(0)
+		nShared := 0
+		for i, x := range w.xattrs {
+			idx, suffix := xattrPrefix(x.Key)
+			filter |= 1 << (xxh32([]byte(suffix), xattrFilterSeed+uint32(idx)) & 31)
+			if w.shared[i] >= 0 {
+				nShared++
+			}
+		}
+		var hdr [xattrHeaderSize]byte
+		le.PutUint32(hdr[0:], ^filter)
+		hdr[4] = uint8(nShared)
+		e.bytes(hdr[:])
+		for i := range w.xattrs {
+			if w.shared[i] >= 0 {
+				e.u32(uint32((b.inodesEnd%blockSize + uint64(w.shared[i])) / 4))
+			}
+		}
+		for i, x := range w.xattrs {
+			if w.shared[i] < 0 {
+				writeXattr(e, x)
+			}
+		}
+	}
+
+	switch typ {
+	case ModeDir:
+		if w.tail > 0 {
+			starts, _ := dirChunks(w.ents)
+			writeDirents(e, w.ents[starts[len(starts)-1]:], 1)
+		}
+	case ModeSymlink:
+		if w.nblocks == 0 {
+			e.str(w.target)
+		}
+	case ModeRegular:
+		if w.tail > 0 {
+			if w.content != nil {
+				e.bytes(w.content[w.size-w.tail:])
+			} else {
+				for i := uint64(0); i < w.tail/4; i++ {
+					e.u32(0xFFFFFFFF)
+				}
+			}
+		}
+	}
+}
+
+func writeDirents(e *ewriter, ents []went, align uint64) {
+	nameoff := uint64(len(ents) * direntSize)
+	var d [direntSize]byte
+	for _, ent := range ents {
+		binary.LittleEndian.PutUint64(d[0:], ent.w.nid)
+		binary.LittleEndian.PutUint16(d[8:], uint16(nameoff))
+		d[10] = fileType(ent.w.mode)
+		d[11] = 0
+		e.bytes(d[:])
+		nameoff += uint64(len(ent.name))
+	}
+	for _, ent := range ents {
+		e.str(ent.name)
+	}
+	e.align(align)
+}
+
+// fileType is the EROFS dirent file type (EROFS_FT_*).
+func fileType(mode uint32) uint8 {
+	switch mode & ModeTypeMask {
+	case ModeRegular:
+		return 1
+	case ModeDir:
+		return 2
+	case ModeCharDev:
+		return 3
+	case ModeBlockDev:
+		return 4
+	case ModeFIFO:
+		return 5
+	case ModeSocket:
+		return 6
+	case ModeSymlink:
+		return 7
+	}
+	return 0
+}
+
+// writeData writes an inode's data blocks (write_erofs_dentries and
+// write_erofs_file_content).
+func (b *builder) writeData(e *ewriter, w *winode) {
+	if w.nblocks == 0 {
+		return
+	}
+	switch w.typ() {
+	case ModeDir:
+		starts, _ := dirChunks(w.ents)
+		written := uint64(0)
+		for i := 0; i+1 < len(starts); i++ {
+			writeDirents(e, w.ents[starts[i]:starts[i+1]], blockSize)
+			written++
+		}
+		if written < w.nblocks {
+			writeDirents(e, w.ents[starts[len(starts)-1]:], blockSize)
+		}
+	case ModeRegular:
+		if w.content == nil {
+			for i := 0; i < blockSize/4; i++ {
+				e.u32(0xFFFFFFFF)
+			}
+			return
+		}
+		for i := uint64(0); i < w.nblocks; i++ {
+			end := min((i+1)*blockSize, w.size)
+			e.bytes(w.content[i*blockSize : end])
+			e.align(blockSize)
+		}
+	case ModeSymlink:
+		e.str(w.target)
+		e.align(blockSize)
+	}
+}
