@@ -64,6 +64,7 @@ type Entry struct {
 	HardlinkTo string
 
 	external bool
+	parent   uint64 // nid of the directory holding this entry
 }
 
 // IsDir reports whether e is a directory.
@@ -142,6 +143,7 @@ func (w *walker) dir(ino *inode, parent uint64, path string) error {
 	if err != nil {
 		return err
 	}
+	e.parent = parent
 	if err := w.fn(e); err != nil {
 		return err
 	}
@@ -211,6 +213,7 @@ func (w *walker) child(parent *inode, d dirent, path string) error {
 	if err != nil {
 		return err
 	}
+	e.parent = parent.nid
 	if first, ok := w.files[d.nid]; ok {
 		e.HardlinkTo = w.path(first)
 	} else {
