@@ -27,6 +27,7 @@ const (
 	erofsImage    = "erofs/test.erofs"
 	erofsFile     = "hello.txt"
 	unsignedPath  = "/etc/smoke/unsigned-policy.txt"
+	untrustedPath = "/etc/smoke/untrusted-policy.p7s"
 	extendEvent   = "cfsroot smoke test"
 	smokePolicy   = "policy_name=cfsroot_smoke policy_version=0.0.1\nDEFAULT action=ALLOW\n"
 	dbCertSubject = "cfsroot smoke test db"
@@ -47,7 +48,8 @@ func write(t *testing.T, p string, data []byte) string {
 // that the kernel and VM give the boot chain what it needs: ipe in the LSM
 // list, a working TPM 2.0, fs-verity on ext4 agreeing with fsverity-utils,
 // file-backed EROFS (an image made by mkfs.erofs), and IPE policies checked
-// against the UEFI db certificate.
+// against the UEFI db certificate: signed by it loads, unsigned or signed
+// by another key does not.
 func TestSmoke(t *testing.T) {
 	k := vm.RequireKernel(t)
 	vm.RequireTools(t, "swtpm", "mkfs.ext4", "mkfs.erofs", "fsverity", "openssl")
@@ -56,6 +58,8 @@ func TestSmoke(t *testing.T) {
 	cert, key := vm.SigningCert(t, dbCertSubject)
 	signed := vm.SignPolicy(t, smokePolicy, cert, key)
 	unsigned := write(t, filepath.Join(t.TempDir(), "unsigned.txt"), []byte(smokePolicy))
+	otherCert, otherKey := vm.SigningCert(t, "cfsroot smoke test untrusted")
+	untrusted := vm.SignPolicy(t, strings.Replace(smokePolicy, "cfsroot_smoke", "cfsroot_untrusted", 1), otherCert, otherKey)
 
 	// The disk: a file for fs-verity (not a whole number of blocks) and
 	// an EROFS image.
@@ -80,7 +84,7 @@ func TestSmoke(t *testing.T) {
 		Modules:   vm.BootModules,
 		Certs:     []string{cert},
 		Policy:    signed,
-		Files:     []initramfs.File{{Src: unsigned, Dst: unsignedPath}},
+		Files:     []initramfs.File{{Src: unsigned, Dst: unsignedPath}, {Src: untrusted, Dst: untrustedPath}},
 	})
 	res := vm.Boot(t, vm.Options{
 		Name:      "smoke",
@@ -93,7 +97,7 @@ func TestSmoke(t *testing.T) {
 	if res.End != vm.PowerOff {
 		t.Errorf("VM ended with %s, want %s", res.End, vm.PowerOff)
 	}
-	r := res.Require(t, "modules", "ipe-lsm", "tpm-extend", "disk", "verity", "erofs", "ipe-signed", "ipe-unsigned", "done")
+	r := res.Require(t, "modules", "ipe-lsm", "tpm-extend", "disk", "verity", "erofs", "ipe-signed", "ipe-unsigned", "ipe-untrusted", "done")
 
 	// The kernel read the certificate from db into .platform.
 	if !res.Contains("Loaded X.509 cert '" + dbCertSubject) {
@@ -114,8 +118,10 @@ func TestSmoke(t *testing.T) {
 	if got := r["erofs"].Data["content"]; got != hello {
 		t.Errorf("EROFS file reads %q in the guest, want %q", got, hello)
 	}
-	if got := r["ipe-unsigned"].Data["errno"]; got != "EBADMSG" {
-		t.Errorf("unsigned policy refused with %s, want EBADMSG", got)
+	for name, want := range map[string]string{"ipe-unsigned": "EBADMSG", "ipe-untrusted": "ENOKEY"} {
+		if got := r[name].Data["errno"]; got != want {
+			t.Errorf("%s: policy refused with %s, want %s", name, got, want)
+		}
 	}
 	for _, n := range []string{"modules", "tpm-extend", "verity", "erofs", "ipe-signed"} {
 		t.Logf("guest %s: %s ms", n, r[n].Data["ms"])

@@ -6,8 +6,9 @@
 //
 // Checks: modules from the initramfs load list; ipe in the LSM list; a TPM
 // 2.0 extends a PCR; fs-verity enable and measure on ext4; a file-backed
-// EROFS mount; a signed IPE policy loads and activates while an unsigned
-// one is refused. The kernel command line selects a mode:
+// EROFS mount; an IPE policy signed by the UEFI db certificate loads and
+// activates, while an unsigned one and one signed by an unknown key are
+// refused. The kernel command line selects a mode:
 // cfsroot.smoke=exit makes it exit at once (the kernel then panics), for
 // the harness test that observes such an end.
 package main
@@ -42,9 +43,12 @@ const (
 	erofsMount   = "/erofs"
 	erofsFile    = "hello.txt"
 	unsignedPath = "/etc/smoke/unsigned-policy.txt"
-	policyName   = "cfsroot_smoke"
-	extendPCR    = 16 // the debug PCR: resettable, used by nothing else
-	extendEvent  = "cfsroot smoke test"
+	// untrustedPath holds a policy signed by a certificate that is not in
+	// any kernel keyring.
+	untrustedPath = "/etc/smoke/untrusted-policy.p7s"
+	policyName    = "cfsroot_smoke"
+	extendPCR     = 16 // the debug PCR: resettable, used by nothing else
+	extendEvent   = "cfsroot smoke test"
 )
 
 var console = os.Stdout
@@ -70,7 +74,8 @@ func main() {
 		check("erofs", checkEROFS)
 	}
 	check("ipe-signed", checkSignedPolicy)
-	check("ipe-unsigned", checkUnsignedPolicy)
+	check("ipe-unsigned", func() (map[string]string, error) { return refusedPolicy(unsignedPath, unix.EBADMSG) })
+	check("ipe-untrusted", func() (map[string]string, error) { return refusedPolicy(untrustedPath, unix.ENOKEY) })
 	guest.Check(console, "done", nil, nil)
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -302,8 +307,10 @@ func checkSignedPolicy() (map[string]string, error) {
 	return data, nil
 }
 
-func checkUnsignedPolicy() (map[string]string, error) {
-	text, err := os.ReadFile(unsignedPath)
+// refusedPolicy checks that the kernel refuses the policy in path with
+// errno want.
+func refusedPolicy(path string, want unix.Errno) (map[string]string, error) {
+	text, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -315,9 +322,9 @@ func checkUnsignedPolicy() (map[string]string, error) {
 	}
 	switch {
 	case err == nil:
-		return data, errors.New("the kernel accepted an unsigned policy")
-	case !errors.Is(err, unix.EBADMSG):
-		return data, fmt.Errorf("unsigned policy refused with %v, want EBADMSG", err)
+		return data, fmt.Errorf("the kernel accepted the policy %s", path)
+	case !errors.Is(err, want):
+		return data, fmt.Errorf("policy %s refused with %v, want %s", path, err, unix.ErrnoName(want))
 	}
 	return data, nil
 }
