@@ -573,3 +573,33 @@ func TestNoCgo(t *testing.T) {
 		t.Errorf("go list -deps %v did not list go-tpm; the check looked at the wrong packages", pkgs)
 	}
 }
+
+// BenchmarkExtend measures one Extend (hash on every bank, TPM2_PCR_Extend,
+// locked log append with two fsyncs) on the simulator.
+func BenchmarkExtend(b *testing.B) {
+	sim, err := simulator.Get()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sim.Close()
+	m, err := New(context.Background(), transport.FromReadWriter(sim))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, logged := range []bool{false, true} {
+		name := "nolog"
+		m.LogPath = ""
+		if logged {
+			name = "log"
+			m.LogPath = filepath.Join(b.TempDir(), "tpm2-measure.log")
+		}
+		b.Run(name, func(b *testing.B) {
+			ev := Separator()
+			for b.Loop() {
+				if err := m.Extend(context.Background(), ev); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
