@@ -92,6 +92,9 @@ type Result struct {
 	KernelVersion string
 	// Modules are the modules carried, in load order.
 	Modules []kmod.Module
+	// Builtin are the wanted modules that are built into the kernel, so
+	// nothing was carried for them.
+	Builtin []string
 	// Paths are the archive's entries, sorted.
 	Paths []string
 	// Size is the compressed size in bytes; CPIOSize the uncompressed one.
@@ -348,6 +351,11 @@ func (b *builder) addModules(dir string, names []string, res *Result) error {
 		return fmt.Errorf("initramfs: %w", err)
 	}
 	res.KernelVersion, res.Modules = tree.Version, mods
+	for _, n := range names {
+		if _, ok := tree.Path(n); !ok && tree.IsBuiltin(n) {
+			res.Builtin = append(res.Builtin, n)
+		}
+	}
 	base := path.Join(layout.ModulesRoot, tree.Version)
 	var list []kmod.Entry
 	dstOf := map[string]string{}

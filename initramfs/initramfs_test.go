@@ -73,6 +73,7 @@ kernel/lib/libcrc32c.ko.xz:
 `), 0o644)
 	writeFile(t, filepath.Join(dir, "modules.softdep"), []byte("softdep libcrc32c pre: crc32c\n"), 0o644)
 	writeFile(t, filepath.Join(dir, "modules.alias"), []byte("alias crc32c crc32c_generic\n"), 0o644)
+	writeFile(t, filepath.Join(dir, "modules.builtin"), []byte("kernel/fs/overlayfs/overlay.ko\n"), 0o644)
 	return dir, plain
 }
 
@@ -103,7 +104,7 @@ func inputs(t *testing.T) (Spec, map[string][]byte) {
 	s := Spec{
 		Init:      writeFile(t, filepath.Join(in, "init"), []byte("\x7fELF static init"), 0o755),
 		ModuleDir: filepath.Dir(filepath.Dir(filepath.Dir(modDir))), // the root holding lib/modules/KVER
-		Modules:   []string{"ext4", "libcrc32c"},
+		Modules:   []string{"ext4", "libcrc32c", "overlay"},
 		Certs:     []string{testCert(t, in)},
 		Config:    writeFile(t, filepath.Join(in, "cfsroot.conf"), []byte("config v1\n"), 0o600),
 		Policy:    writeFile(t, filepath.Join(in, "policy.p7s"), []byte{0x30, 0x82, 0, 1, 0}, 0o644),
@@ -135,6 +136,9 @@ func TestBuildExtractsWithCpio(t *testing.T) {
 			res, err := Build(&buf, s)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(res.Builtin) != 1 || res.Builtin[0] != "overlay" {
+				t.Errorf("Result.Builtin = %q, want [overlay]", res.Builtin)
 			}
 			if res.Size != int64(buf.Len()) {
 				t.Errorf("Result.Size = %d, wrote %d", res.Size, buf.Len())

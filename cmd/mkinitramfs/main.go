@@ -152,6 +152,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if len(names) > 0 {
 			fmt.Fprintf(stdout, "modules for %s: %s\n", res.KernelVersion, strings.Join(names, " "))
 		}
+		if len(res.Builtin) > 0 {
+			fmt.Fprintf(stdout, "built into the kernel, not carried: %s\n", strings.Join(res.Builtin, " "))
+		}
 	}
 	return nil
 }
