@@ -115,7 +115,7 @@ func Open(ctx context.Context, devPath string) (*Measurer, error) {
 	}
 	if t == nil {
 		if devPath == "" {
-			return nil, fmt.Errorf("measure: %w: none of %s exists", ErrNoTPM, strings.Join(paths, ", "))
+			return nil, fmt.Errorf("measure: %w: none of %s is usable (last: %v)", ErrNoTPM, strings.Join(paths, ", "), err)
 		}
 		return nil, fmt.Errorf("measure: %w", err)
 	}
