@@ -22,26 +22,16 @@ type Header struct {
 	Version string // policy_version (A.B.C)
 }
 
-// ParseHeader reads the policy_name and policy_version of a policy text.
+// ParseHeader reads the policy_name and policy_version of a policy text:
+// its first line that is not empty once comments ('#' to the end of the
+// line) and trailing blanks are removed, as the kernel reads it.
 func ParseHeader(policy []byte) (Header, error) {
-	line, _, _ := strings.Cut(string(policy), "\n")
-	var h Header
-	for _, f := range strings.Fields(line) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "policy_name":
-			h.Name = v
-		case "policy_version":
-			h.Version = v
+	for _, line := range splitLines(policy) {
+		if line != "" {
+			return parseHeaderLine(line)
 		}
 	}
-	if h.Name == "" || h.Version == "" {
-		return Header{}, fmt.Errorf("ipe policy: first line %q lacks policy_name= and policy_version=", line)
-	}
-	if strings.ContainsAny(h.Name, "/\x00") || h.Name == "." || h.Name == ".." {
-		return Header{}, fmt.Errorf("ipe policy: invalid policy name %q", h.Name)
-	}
-	return h, nil
+	return Header{}, errors.New("ipe policy: no header line (policy_name=N policy_version=A.B.C)")
 }
 
 // SignedContent returns the policy text carried inside an attached PKCS#7
