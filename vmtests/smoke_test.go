@@ -129,31 +129,51 @@ func TestSmoke(t *testing.T) {
 	t.Logf("modules: %s", r["modules"].Data["log"])
 }
 
-// TestVMEndObserved checks that the harness sees a guest whose PID 1 exits:
-// the kernel panics, and panic=-1 with -no-reboot ends QEMU instead of
-// hanging, as the init's fail-closed tests need.
+// TestVMEndObserved checks that the harness sees how a guest ends, as the
+// init's fail-closed tests need: when PID 1 exits the kernel panics, and
+// panic=-1 with -no-reboot ends QEMU instead of hanging; a guest that halts
+// keeps QEMU running, and the test sees the kernel's halt line and stops it.
 func TestVMEndObserved(t *testing.T) {
 	k := vm.RequireKernel(t)
 	guestBin := vm.BuildStatic(t, smokeGuest)
 	initrd := vm.Initramfs(t, initramfs.Spec{Init: guestBin})
-	m := vm.Start(t, vm.Options{
-		Name:      "exit",
-		Kernel:    k.Image,
-		Initramfs: initrd,
-		Append:    []string{"cfsroot.smoke=exit"},
-		Timeout:   2 * time.Minute,
-	})
-	line, err := m.WaitLine("exiting as PID 1", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("saw %q", line)
-	res := m.Wait()
-	if res.End != vm.Panic || !res.Contains("Attempted to kill init") {
-		t.Errorf("VM ended with %s, want %s after \"Attempted to kill init\"", res.End, vm.Panic)
-	}
-	if _, err := m.WaitLine("never printed", time.Second); err == nil || !strings.Contains(err.Error(), "VM ended") {
-		t.Errorf("WaitLine after the end = %v, want a \"VM ended\" error", err)
+	for _, tc := range []struct {
+		mode, guestLine, kernelLine string
+		end                         vm.End
+	}{
+		{"exit", "exiting as PID 1", "Attempted to kill init", vm.Panic},
+		{"halt", "halting on request", "reboot: System halted", vm.Stopped},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			m := vm.Start(t, vm.Options{
+				Name:      tc.mode,
+				Kernel:    k.Image,
+				Initramfs: initrd,
+				Append:    []string{"cfsroot.smoke=" + tc.mode},
+				Timeout:   2 * time.Minute,
+			})
+			for _, want := range []string{tc.guestLine, tc.kernelLine} {
+				if _, err := m.WaitLine(want, time.Minute); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var res *vm.Result
+			if tc.end == vm.Stopped {
+				// A halted machine does not exit by itself.
+				if _, err := m.WaitLine("never printed", 2*time.Second); err == nil || !strings.Contains(err.Error(), "within") {
+					t.Errorf("halted VM: WaitLine = %v, want a timeout", err)
+				}
+				res = m.Stop()
+			} else {
+				res = m.Wait()
+			}
+			if res.End != tc.end {
+				t.Errorf("VM ended with %s, want %s", res.End, tc.end)
+			}
+			if _, err := m.WaitLine("never printed", time.Second); err == nil || !strings.Contains(err.Error(), "VM ended") {
+				t.Errorf("WaitLine after the end = %v, want a \"VM ended\" error", err)
+			}
+		})
 	}
 }
 

@@ -8,9 +8,10 @@
 // 2.0 extends a PCR; fs-verity enable and measure on ext4; a file-backed
 // EROFS mount; an IPE policy signed by the UEFI db certificate loads and
 // activates, while an unsigned one and one signed by an unknown key are
-// refused. The kernel command line selects a mode:
-// cfsroot.smoke=exit makes it exit at once (the kernel then panics), for
-// the harness test that observes such an end.
+// refused. The kernel command line can select another mode, for the
+// harness tests that observe how a VM ends: cfsroot.smoke=exit makes it
+// exit at once (the kernel then panics), cfsroot.smoke=halt halts the
+// machine without powering it off.
 package main
 
 import (
@@ -56,9 +57,14 @@ var console = os.Stdout
 func main() {
 	mountBasics()
 	cmdline, _ := os.ReadFile("/proc/cmdline")
-	if strings.Contains(string(cmdline), "cfsroot.smoke=exit") {
+	switch {
+	case strings.Contains(string(cmdline), "cfsroot.smoke=exit"):
 		fmt.Fprintln(console, "smokeguest: exiting as PID 1 on request")
 		os.Exit(3)
+	case strings.Contains(string(cmdline), "cfsroot.smoke=halt"):
+		fmt.Fprintln(console, "smokeguest: halting on request")
+		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_HALT)
+		select {}
 	}
 	// Keep kernel chatter below warnings off the console so that it does
 	// not split marker lines.
