@@ -318,7 +318,11 @@ func trixieModules(tb testing.TB) string {
 		}
 		dir = filepath.Dir(dir)
 	}
-	k := filepath.Join(dir, ".cache", "kernel", "trixie")
+	cache := os.Getenv("CFSROOT_CACHE")
+	if cache == "" {
+		cache = filepath.Join(dir, ".cache")
+	}
+	k := filepath.Join(cache, "kernel", "trixie")
 	if _, err := os.Stat(filepath.Join(k, ".complete")); err != nil {
 		if os.Getenv("CFSROOT_VMTEST") == "1" {
 			tb.Fatalf("CFSROOT_VMTEST=1 but the trixie kernel is not in %s: run make deps", k)

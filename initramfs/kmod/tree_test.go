@@ -223,7 +223,11 @@ func kernelTree(t *testing.T) string {
 		}
 		dir = parent
 	}
-	k := filepath.Join(dir, ".cache", "kernel", "trixie")
+	cache := os.Getenv("CFSROOT_CACHE")
+	if cache == "" {
+		cache = filepath.Join(dir, ".cache")
+	}
+	k := filepath.Join(cache, "kernel", "trixie")
 	if _, err := os.Stat(filepath.Join(k, ".complete")); err != nil {
 		if os.Getenv("CFSROOT_VMTEST") == "1" {
 			t.Fatalf("CFSROOT_VMTEST=1 but the trixie kernel is not in %s: run make deps", k)
