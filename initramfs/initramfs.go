@@ -31,6 +31,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/cfsroot/cfsroot/initramfs/kmod"
+	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/initramfs/layout"
 )
 
@@ -217,34 +218,18 @@ func Build(w io.Writer, s Spec) (*Result, error) {
 // WriteFile builds the initramfs into the file name, atomically: a failed
 // build leaves nothing behind and an existing file untouched.
 func WriteFile(name string, s Spec) (*Result, error) {
-	tmp, err := os.CreateTemp(filepath.Dir(name), "."+filepath.Base(name)+".*")
-	if err != nil {
+	var res *Result
+	var buildErr error
+	err := atomicfile.Write(name, 0o644, func(w io.Writer) error {
+		res, buildErr = Build(w, s)
+		return buildErr
+	})
+	switch {
+	case buildErr != nil:
+		return nil, buildErr
+	case err != nil:
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	res, err := Build(tmp, s)
-	if err != nil {
-		return nil, err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), name); err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
-	}
-	done = true
 	return res, nil
 }
 
