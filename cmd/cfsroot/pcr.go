@@ -94,7 +94,7 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 	pinned := fs.String("digest", "", "the image was accepted by this pinned digest (sha256:HEX), which must be IMAGE's")
 	signerPath := fs.String("signer", "", "take this certificate as the signer without checking a signature (to predict before signing)")
 	policyPath := fs.String("policy", "", "the signed IPE policy (.p7s) the init loads, if any")
-	pcr := pcrFlag(fs, measure.DefaultPCR, "PCR index to print")
+	pcr := pcrFlag(fs, measure.DefaultPCR, "PCR index the init extends (only labels the output: the value from reset does not depend on it)")
 	banks := fs.String("bank", defaultBanks, "comma-separated PCR banks: sha1, sha256, sha384, sha512, sm3_256")
 	showEvents := fs.Bool("events", false, "also print each measured event as \"event TYPE TEXT\", before the values")
 	pos, err := parseArgs(fs, args)
