@@ -344,6 +344,12 @@ func TestOpenNoTPM(t *testing.T) {
 	if err == nil || IsNoTPM(err) {
 		t.Errorf("Open(regular file) = %v, want a TPM failure, not IsNoTPM", err)
 	}
+	// A device that is not a TPM: opening works, the first command fails.
+	_, err = Open(context.Background(), "/dev/null")
+	var te *Error
+	if !errors.As(err, &te) || IsNoTPM(err) {
+		t.Errorf("Open(/dev/null) = %v, want a TPM *Error", err)
+	}
 	saved := DefaultDevices
 	defer func() { DefaultDevices = saved }()
 	DefaultDevices = []string{filepath.Join(dir, "a"), filepath.Join(dir, "b")}
