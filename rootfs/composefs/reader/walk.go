@@ -60,7 +60,7 @@ type Entry struct {
 	RawMode uint32
 	// HardlinkTo is, for the second and later names of an inode (in walk
 	// order), the path of its first name; "" otherwise. The metadata is the
-	// inode's in both cases.
+	// inode's in both cases (and the slices may be shared between them).
 	HardlinkTo string
 
 	external bool
@@ -118,6 +118,7 @@ type walker struct {
 	// whiteouts holds nids of real whiteouts skipped, so hard links to
 	// them are skipped too.
 	whiteouts map[uint64]bool
+	big       map[uint64]*Entry // decoded large inodes, see bigInode
 }
 
 // path rebuilds the path of a recorded link from the directory chain.
@@ -209,8 +210,12 @@ func (w *walker) child(parent *inode, d dirent, path string) error {
 		w.dirs[d.nid] = link{dir: parent.nid, name: d.name}
 		return w.dir(ino, parent.nid, path)
 	}
-	e, err := w.img.entry(ino, path)
-	if err != nil {
+	var e *Entry
+	if c := w.big[d.nid]; c != nil {
+		cp := *c
+		e = &cp
+		e.Path = path
+	} else if e, err = w.img.entry(ino, path); err != nil {
 		return err
 	}
 	e.parent = parent.nid
@@ -218,9 +223,22 @@ func (w *walker) child(parent *inode, d dirent, path string) error {
 		e.HardlinkTo = w.path(first)
 	} else {
 		w.files[d.nid] = link{dir: parent.nid, name: d.name}
+		if ino.xattrSize+len(e.Content) > bigInode {
+			// Decoding is linear in these bytes: keep the result so that
+			// many links to one large inode cannot make the walk quadratic.
+			if w.big == nil {
+				w.big = map[uint64]*Entry{}
+			}
+			cp := *e
+			w.big[d.nid] = &cp
+		}
 	}
 	return w.fn(e)
 }
+
+// bigInode is the xattr and inline data size above which decoded inodes are
+// kept for later hard links.
+const bigInode = 512
 
 // entry decodes everything about ino except directory contents.
 func (img *Image) entry(ino *inode, path string) (*Entry, error) {

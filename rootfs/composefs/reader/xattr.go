@@ -66,12 +66,12 @@ func (img *Image) xattrs(ino *inode) ([]rawXattr, error) {
 		}
 		out = append(out, x)
 	}
-	for i, x := range out {
-		for _, y := range out[:i] {
-			if x.name == y.name {
-				return nil, corrupt("%s: xattr %q appears twice", ino.where(), x.name)
-			}
+	names := make(map[string]bool, len(out))
+	for _, x := range out {
+		if names[x.name] {
+			return nil, corrupt("%s: xattr %q appears twice", ino.where(), x.name)
 		}
+		names[x.name] = true
 		if img.filter {
 			// The kernel skips the lookup of any name whose filter bit is
 			// set, so such an xattr would be invisible to getxattr.
