@@ -1,0 +1,392 @@
+package composefs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// BuildOptions control FromDir. The zero value reads all xattrs, keeps
+// devices and mtimes, digests with one worker per CPU and stores nothing.
+type BuildOptions struct {
+	UseEpoch    bool // set every mtime to 0 (--use-epoch)
+	SkipXattrs  bool // read no xattrs (--skip-xattrs)
+	UserXattrs  bool // read only user.* xattrs (--user-xattrs)
+	SkipDevices bool // leave out block and character devices, whiteouts included (--skip-devices)
+	// Threads is how many files are digested (and copied to Store) at
+	// once; 0 means one per CPU.
+	Threads int
+	// Store, if not nil, receives a copy of every external file.
+	Store *Store
+	// Progress, if not nil, is called about every 200 ms while files are
+	// digested, and once when done, from one goroutine at a time.
+	Progress func(Progress)
+}
+
+// Progress reports how far FromDir has got digesting file contents.
+type Progress struct {
+	Files, TotalFiles int
+	Bytes, TotalBytes int64
+}
+
+// FromDir reads the tree under dir as `mkcomposefs DIR IMAGE` does: every
+// entry with its lstat metadata (mtime with nanoseconds, st_rdev), symlink
+// targets and xattrs; regular files of 1..RecommendedInlineMax bytes are
+// inlined, larger ones become external files named by their fs-verity
+// digest (Payload ObjectPath(Digest)). Hard links are not detected: every
+// path is its own node with Nlink 1, as in mkcomposefs.
+//
+// A file that changes while it is read is an error, not a wrong digest.
+func FromDir(dir string, opts *BuildOptions) (*Node, error) {
+	if opts == nil {
+		opts = &BuildOptions{}
+	}
+	if opts.SkipXattrs && opts.UserXattrs {
+		return nil, errors.New("composefs: SkipXattrs and UserXattrs exclude each other")
+	}
+	b := &dirBuilder{opts: opts}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return nil, fmt.Errorf("composefs: %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("composefs: %s is not a directory", dir)
+	}
+	root, err := b.node(dir, &st)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.walk(dir, root); err != nil {
+		return nil, err
+	}
+	if err := b.digestAll(); err != nil {
+		return nil, err
+	}
+	return root, nil
+}
+
+type dirBuilder struct {
+	opts       *BuildOptions
+	files      []fileJob
+	totalBytes int64
+	xbuf       []byte
+}
+
+// fileJob is a regular file whose content must be read: inlined or
+// digested (and stored).
+type fileJob struct {
+	path string
+	node *Node
+	st   statKey
+}
+
+// statKey is what must not change between listing a file and reading it.
+type statKey struct {
+	ino, size    int64
+	mtime, ctime unix.Timespec
+	dev          uint64
+}
+
+func keyOf(st *unix.Stat_t) statKey {
+	return statKey{ino: int64(st.Ino), size: st.Size, mtime: st.Mtim, ctime: st.Ctim, dev: st.Dev}
+}
+
+// node makes the node for one directory entry from its lstat data.
+func (b *dirBuilder) node(path string, st *unix.Stat_t) (*Node, error) {
+	n := &Node{Mode: st.Mode, Nlink: 1, UID: st.Uid, GID: st.Gid, Size: uint64(st.Size)}
+	if !b.opts.UseEpoch {
+		n.Mtime = Time{Sec: st.Mtim.Sec, Nsec: uint32(st.Mtim.Nsec)}
+	}
+	switch n.Type() {
+	case ModeCharDev, ModeBlockDev:
+		if st.Rdev > 0xFFFFFFFF {
+			return nil, fmt.Errorf("composefs: %s: device number %#x does not fit the 32 bits composefs stores", path, st.Rdev)
+		}
+		n.Rdev = uint32(st.Rdev)
+	case ModeSymlink:
+		target, err := os.Readlink(path)
+		if err != nil {
+			return nil, fmt.Errorf("composefs: %w", err)
+		}
+		if target == "" || len(target) > MaxSymlinkLen {
+			return nil, fmt.Errorf("composefs: %s: symlink target of %d bytes (must be 1..%d)", path, len(target), MaxSymlinkLen)
+		}
+		n.Payload = target
+		n.Size = uint64(len(target))
+	case ModeRegular:
+		if n.Size > MaxFileSize {
+			return nil, fmt.Errorf("composefs: %s: %d bytes is too big for composefs (at most %d)", path, n.Size, uint64(MaxFileSize))
+		}
+		if n.Size > 0 {
+			b.files = append(b.files, fileJob{path: path, node: n, st: keyOf(st)})
+			if n.Size > RecommendedInlineMax {
+				b.totalBytes += int64(n.Size)
+			}
+		}
+	}
+	if !b.opts.SkipXattrs {
+		if err := b.readXattrs(path, n); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func (b *dirBuilder) readXattrs(path string, n *Node) error {
+	if b.xbuf == nil {
+		b.xbuf = make([]byte, 4096)
+	}
+	sz, err := unix.Llistxattr(path, b.xbuf)
+	for err == unix.ERANGE {
+		need, err2 := unix.Llistxattr(path, nil)
+		if err2 != nil {
+			return fmt.Errorf("composefs: list xattrs of %s: %w", path, err2)
+		}
+		b.xbuf = make([]byte, 2*need+64)
+		sz, err = unix.Llistxattr(path, b.xbuf)
+	}
+	switch {
+	case err == unix.EOPNOTSUPP:
+		return nil
+	case err != nil:
+		return fmt.Errorf("composefs: list xattrs of %s: %w", path, err)
+	case sz == 0:
+		return nil
+	}
+	for _, name := range strings.Split(strings.TrimSuffix(string(b.xbuf[:sz]), "\x00"), "\x00") {
+		if b.opts.UserXattrs && !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		v, err := lgetxattr(path, name)
+		if err == unix.ENODATA {
+			continue // removed since listed
+		}
+		if err != nil {
+			return fmt.Errorf("composefs: read xattr %s of %s: %w", name, path, err)
+		}
+		n.Xattrs = append(n.Xattrs, Xattr{Key: name, Value: v})
+	}
+	if err := CheckXattrs(n.Xattrs); err != nil {
+		return fmt.Errorf("composefs: %s: %w", path, err)
+	}
+	return nil
+}
+
+func lgetxattr(path, name string) ([]byte, error) {
+	buf := make([]byte, 256)
+	for {
+		sz, err := unix.Lgetxattr(path, name, buf)
+		if err == unix.ERANGE {
+			sz, err = unix.Lgetxattr(path, name, nil)
+			if err != nil {
+				return nil, err
+			}
+			buf = make([]byte, sz+16)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:sz:sz], nil
+	}
+}
+
+// walk adds the entries of directory path to dir, recursively.
+func (b *dirBuilder) walk(path string, dir *Node) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("composefs: %w", err)
+	}
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("composefs: read directory %s: %w", path, err)
+	}
+	fd := int(f.Fd())
+	sort.Strings(names)
+	var subdirs []Entry
+	for _, name := range names {
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			f.Close()
+			return fmt.Errorf("composefs: %s: %w", filepath.Join(path, name), err)
+		}
+		typ := st.Mode & unix.S_IFMT
+		if b.opts.SkipDevices && (typ == unix.S_IFCHR || typ == unix.S_IFBLK) {
+			continue
+		}
+		p := filepath.Join(path, name)
+		n, err := b.node(p, &st)
+		if err != nil {
+			f.Close()
+			return err
+		}
+		if err := dir.Add(name, n); err != nil {
+			f.Close()
+			return fmt.Errorf("composefs: %s: %w", p, err)
+		}
+		if n.IsDir() {
+			subdirs = append(subdirs, Entry{Name: name, Node: n})
+		}
+	}
+	f.Close()
+	for _, e := range subdirs {
+		if err := b.walk(filepath.Join(path, e.Name), e.Node); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// digestAll reads the regular files: inlines the small ones, digests (and
+// stores) the others, in parallel.
+func (b *dirBuilder) digestAll() error {
+	threads := b.opts.Threads
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	var (
+		next      atomic.Int64
+		doneFiles atomic.Int64
+		doneBytes atomic.Int64
+		failed    atomic.Bool
+		errMu     sync.Mutex
+		firstErr  error
+		wg        sync.WaitGroup
+	)
+	stop := make(chan struct{})
+	var progWG sync.WaitGroup
+	report := func() {
+		b.opts.Progress(Progress{Files: int(doneFiles.Load()), TotalFiles: len(b.files),
+			Bytes: doneBytes.Load(), TotalBytes: b.totalBytes})
+	}
+	if b.opts.Progress != nil {
+		progWG.Add(1)
+		go func() {
+			defer progWG.Done()
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					report()
+				}
+			}
+		}()
+	}
+	for range threads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 256<<10)
+			for !failed.Load() {
+				i := int(next.Add(1) - 1)
+				if i >= len(b.files) {
+					return
+				}
+				j := &b.files[i]
+				if err := b.readFile(j, buf); err != nil {
+					errMu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					errMu.Unlock()
+					failed.Store(true)
+					return
+				}
+				doneFiles.Add(1)
+				if j.node.Size > RecommendedInlineMax {
+					doneBytes.Add(int64(j.node.Size))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	progWG.Wait()
+	if b.opts.Progress != nil && firstErr == nil {
+		report()
+	}
+	return firstErr
+}
+
+var errChanged = errors.New("file changed while it was read; build again from a quiescent tree")
+
+func (b *dirBuilder) readFile(j *fileJob, buf []byte) error {
+	f, err := os.OpenFile(j.path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("composefs: %w", err)
+	}
+	defer f.Close()
+	n := j.node
+	if n.Size <= RecommendedInlineMax {
+		content := make([]byte, n.Size+1)
+		k, err := io.ReadFull(f, content)
+		if err != io.ErrUnexpectedEOF || uint64(k) != n.Size {
+			if err == nil || err == io.ErrUnexpectedEOF || err == io.EOF {
+				err = errChanged
+			}
+			return fmt.Errorf("composefs: %s: %w", j.path, err)
+		}
+		n.Content = content[:k:k]
+		return b.checkUnchanged(f, j)
+	}
+	tree, err := verity.NewTree(verity.Params{})
+	if err != nil {
+		return err
+	}
+	written, err := io.CopyBuffer(tree, onlyReader{f}, buf)
+	if err != nil {
+		return fmt.Errorf("composefs: read %s: %w", j.path, err)
+	}
+	if uint64(written) != n.Size {
+		return fmt.Errorf("composefs: %s: %w", j.path, errChanged)
+	}
+	if err := b.checkUnchanged(f, j); err != nil {
+		return err
+	}
+	n.Digest = tree.Digest().Sum
+	n.Payload = ObjectPath(n.Digest)
+	if s := b.opts.Store; s != nil {
+		final := s.Path(n.Digest)
+		if _, err := os.Lstat(final); err == nil {
+			return nil
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("composefs: %s: %w", j.path, err)
+		}
+		if _, err := s.put(final, n.Digest, func(tmp *os.File) error { return s.copyFile(tmp, f) }); err != nil {
+			return err
+		}
+		if err := b.checkUnchanged(f, j); err != nil {
+			os.Remove(final)
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *dirBuilder) checkUnchanged(f *os.File, j *fileJob) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("composefs: %s: %w", j.path, err)
+	}
+	if keyOf(&st) != j.st {
+		return fmt.Errorf("composefs: %s: %w", j.path, errChanged)
+	}
+	return nil
+}
