@@ -132,7 +132,7 @@ func explain(err error) error {
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		why = "permission denied (needs CAP_MAC_ADMIN)"
 	case errors.Is(err, unix.ENOMEM):
-		why = "the policy is too large for the kernel"
+		why = fmt.Sprintf("the policy is too large for the kernel (with 4 KiB pages IPE takes at most %d bytes in one write, about 37 000 fsverity_digest rules): allow fewer files (policy generate --files exec)", MaxPolicySize)
 	case errors.Is(err, unix.EINVAL):
 		why = "the kernel rejected the request"
 	default:
