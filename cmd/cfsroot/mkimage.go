@@ -1,0 +1,213 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/internal/atomicfile"
+	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/composefs/dump"
+)
+
+func init() {
+	register(&command{
+		name: "mkimage",
+		args: "[--digest-store DIR] [--use-epoch] [--min-version N] [--max-version N] [--from-file] " +
+			"[--skip-xattrs] [--user-xattrs] [--skip-devices] [--threads N] [--print-digest] [--print-digest-only] SOURCE [IMAGE]",
+		summary: "build a composefs image from a directory or a dump file, byte for byte as mkcomposefs 1.0.8 does",
+		run:     runMkimage,
+	})
+}
+
+const mkimageHelp = `SOURCE is a directory, or with --from-file a composefs dump file (- for
+stdin; strict parsing when the environment has CFS_PARSE_STRICT, as
+mkcomposefs). IMAGE is written through a temporary file and renamed, or
+to stdout if it is - (not a terminal). With --print-digest-only there is no
+IMAGE. The flags are mkcomposefs'; without --min-version and --max-version
+the format version is 0, or 1 if the tree has whiteouts; giving one of them
+makes the other default to 0.`
+
+func runMkimage(args []string, stdout, stderr io.Writer) error {
+	c := commands["mkimage"]
+	fs := newFlagSet(c, stderr)
+	usage := fs.Usage
+	fs.Usage = func() { usage(); fmt.Fprintf(stderr, "\n%s\n", mkimageHelp) }
+	store := fs.String("digest-store", "", "copy every external file into the object store `DIR` (DIR/xx/yyyy…)")
+	useEpoch := fs.Bool("use-epoch", false, "make all mtimes zero")
+	minVersion := fs.Int("min-version", 0, "lowest format version to write (0 or 1)")
+	maxVersion := fs.Int("max-version", 1, "highest format version to write (0 or 1)")
+	fromFile := fs.Bool("from-file", false, "SOURCE is a composefs dump file (- for stdin), not a directory")
+	skipXattrs := fs.Bool("skip-xattrs", false, "do not store xattrs")
+	userXattrs := fs.Bool("user-xattrs", false, "store only user.* xattrs")
+	skipDevices := fs.Bool("skip-devices", false, "do not store block and character devices (whiteouts included)")
+	threads := fs.Int("threads", 0, "files digested and copied at once (default: the number of CPUs)")
+	printDigest := fs.Bool("print-digest", false, "print the image's fs-verity digest (hex)")
+	printDigestOnly := fs.Bool("print-digest-only", false, "print the image's fs-verity digest, write no image")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	switch {
+	case len(pos) == 0:
+		return usagef("mkimage: no SOURCE given")
+	case len(pos) > 2:
+		return usagef("mkimage: too many arguments")
+	case pos[0] == "":
+		return usagef("mkimage: empty SOURCE")
+	case *printDigestOnly && len(pos) == 2:
+		return usagef("mkimage: no IMAGE with --print-digest-only")
+	case !*printDigestOnly && len(pos) == 1:
+		return usagef("mkimage: no IMAGE given")
+	}
+	if set["threads"] && *threads <= 0 {
+		return usagef("mkimage: --threads must be at least 1")
+	}
+	if *skipXattrs && *userXattrs {
+		return usagef("mkimage: --skip-xattrs and --user-xattrs exclude each other")
+	}
+	wopt := composefs.DefaultWriteOptions()
+	if set["min-version"] || set["max-version"] {
+		// mkcomposefs: either flag makes the other default to 0.
+		wopt.MinVersion, wopt.MaxVersion = 0, 0
+		if set["min-version"] {
+			wopt.MinVersion = *minVersion
+		}
+		if set["max-version"] {
+			wopt.MaxVersion = *maxVersion
+		}
+	}
+	for _, v := range []int{wopt.MinVersion, wopt.MaxVersion} {
+		if v < 0 || v > 1 {
+			return usagef("mkimage: format versions are 0 or 1, got %d", v)
+		}
+	}
+	if *fromFile {
+		// mkcomposefs ignores these with --from-file; so do we, but say so.
+		for _, name := range []string{"digest-store", "use-epoch", "skip-xattrs", "user-xattrs", "skip-devices", "threads"} {
+			if set[name] {
+				fmt.Fprintf(stderr, "cfsroot mkimage: warning: --%s has no effect with --from-file\n", name)
+			}
+		}
+	}
+
+	source := pos[0]
+	var root *composefs.Node
+	if *fromFile {
+		root, err = readDump(source)
+	} else {
+		root, err = readDir(source, *store, composefs.BuildOptions{
+			UseEpoch: *useEpoch, SkipXattrs: *skipXattrs, UserXattrs: *userXattrs,
+			SkipDevices: *skipDevices, Threads: *threads,
+		}, stderr)
+	}
+	if err != nil {
+		return fmt.Errorf("mkimage: %w", err)
+	}
+
+	var res composefs.WriteResult
+	switch {
+	case *printDigestOnly:
+		res, err = composefs.Write(io.Discard, root, wopt)
+	case pos[1] == "-":
+		if isTerminal(os.Stdout) && stdout == io.Writer(os.Stdout) {
+			return errors.New("mkimage: stdout is a terminal; refusing to write an image to it")
+		}
+		res, err = composefs.Write(stdout, root, wopt)
+	default:
+		res, err = writeImageFile(pos[1], root, wopt)
+	}
+	if err != nil {
+		return fmt.Errorf("mkimage: %w", err)
+	}
+	if *printDigest || *printDigestOnly {
+		fmt.Fprintln(stdout, hex.EncodeToString(res.Digest.Sum))
+	}
+	return nil
+}
+
+func readDump(source string) (*composefs.Node, error) {
+	var r io.Reader = os.Stdin
+	name := "stdin"
+	if source != "-" {
+		f, err := os.Open(source)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r, name = f, source
+	}
+	_, strict := os.LookupEnv("CFS_PARSE_STRICT")
+	root, err := dump.Parse(r, &dump.Options{Strict: strict})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return root, nil
+}
+
+func readDir(dir, storeDir string, opts composefs.BuildOptions, stderr io.Writer) (*composefs.Node, error) {
+	if storeDir != "" {
+		s, err := composefs.OpenStore(storeDir)
+		if err != nil {
+			return nil, err
+		}
+		opts.Store = s
+	}
+	if f, ok := stderr.(*os.File); ok && isTerminal(f) {
+		p := &progressLine{w: f}
+		opts.Progress = p.update
+		defer p.clear()
+	}
+	return composefs.FromDir(dir, &opts)
+}
+
+// writeImageFile writes the image through a temporary file beside path,
+// so path only ever holds a complete image.
+func writeImageFile(path string, root *composefs.Node, wopt *composefs.WriteOptions) (composefs.WriteResult, error) {
+	f, err := atomicfile.Create(filepath.Clean(path), 0o644)
+	if err != nil {
+		return composefs.WriteResult{}, err
+	}
+	defer f.Abort()
+	res, err := composefs.Write(f, root, wopt)
+	if err != nil {
+		return res, err
+	}
+	return res, f.Commit()
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// progressLine shows digest progress on one terminal line.
+type progressLine struct {
+	w     io.Writer
+	shown bool
+}
+
+func (p *progressLine) update(pr composefs.Progress) {
+	pct := 100.0
+	if pr.TotalBytes > 0 {
+		pct = 100 * float64(pr.Bytes) / float64(pr.TotalBytes)
+	}
+	fmt.Fprintf(p.w, "\rmkimage: %d/%d files, %.1f/%.1f MiB (%.0f%%)\x1b[K",
+		pr.Files, pr.TotalFiles, float64(pr.Bytes)/(1<<20), float64(pr.TotalBytes)/(1<<20), pct)
+	p.shown = true
+}
+
+func (p *progressLine) clear() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\x1b[K")
+	}
+}

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/cfsroot/cfsroot/internal/testutil"
+)
+
+func composefsVectors(t *testing.T) string {
+	return filepath.Join(testutil.SharedDir(t), "composefs", "vectors")
+}
+
+// mkcomposefsOracle is Debian sid's mkcomposefs 1.0.8 (tools/fetch-mkcomposefs.sh).
+func mkcomposefsOracle(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(testutil.RepoRoot(t), ".cache", "composefs-sid", "bin", "mkcomposefs")
+	if _, err := os.Stat(p); err != nil {
+		if testutil.InCI() {
+			t.Fatalf("%s missing; tools/install-deps.sh runs tools/fetch-mkcomposefs.sh", p)
+		}
+		t.Skipf("%s missing: run tools/fetch-mkcomposefs.sh", p)
+	}
+	return p
+}
+
+func runCmd(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(args, &out, &errb)
+	return out.String(), errb.String(), err
+}
+
+func TestMkimageFromFileVectors(t *testing.T) {
+	vec := composefsVectors(t)
+	t.Setenv("CFS_PARSE_STRICT", "1")
+	for _, tc := range []struct {
+		name, version, verity string
+	}{
+		{"special.dump", "0", "6fae72a66167ef8d5830fa15647263ef1b535681aa91fdf195fa3d6f5e3ae15e"},
+		{"special_v1.dump", "1", "1d268f8bc7609b4f8f8467e98565f45300f9e192c0e6ef2d05820d3ea41d4515"},
+		{"bigfile.dump", "", "160c71227628d810604ad305e5d4a912e01a5964866b9bec9f8fddc55e352bfb"},
+		{"honggfuzz-long-symlink.dump", "", "d7894fc7641b935efec393392e36dfab0ffbcc20d29a4c684aebde71b8c38005"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "img.cfs")
+			args := []string{"mkimage", "--from-file", "--print-digest"}
+			if tc.version != "" {
+				args = append(args, "--min-version", tc.version, "--max-version="+tc.version)
+			}
+			args = append(args, filepath.Join(vec, tc.name), out)
+			stdout, stderr, err := runCmd(t, args...)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, stderr)
+			}
+			if strings.TrimSpace(stdout) != tc.verity {
+				t.Errorf("--print-digest printed %q, want %s", stdout, tc.verity)
+			}
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(filepath.Join(vec, "images", strings.TrimSuffix(tc.name, ".dump")+".cfs"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Error("image differs from the reference image")
+			}
+		})
+	}
+}
+
+// TestMkimageVersionFlags runs mkimage and mkcomposefs with the same
+// version flags on a dump with a whiteout and compares the images.
+func TestMkimageVersionFlags(t *testing.T) {
+	mkcfs := mkcomposefsOracle(t)
+	src := filepath.Join(composefsVectors(t), "special.dump")
+	for _, flags := range [][]string{
+		nil,
+		{"--min-version=0"},
+		{"--min-version=1"},
+		{"--max-version=0"},
+		{"--max-version=1"},
+		{"--min-version=1", "--max-version=0"},
+		{"--min-version=0", "--max-version=1"},
+	} {
+		t.Run(strings.Join(flags, " "), func(t *testing.T) {
+			dir := t.TempDir()
+			ref := filepath.Join(dir, "ref.cfs")
+			testutil.Run(t, mkcfs, append(append([]string{"--from-file"}, flags...), src, ref)...)
+			out := filepath.Join(dir, "out.cfs")
+			if _, stderr, err := runCmd(t, append(append([]string{"mkimage", "--from-file"}, flags...), src, out)...); err != nil {
+				t.Fatalf("%v\n%s", err, stderr)
+			}
+			a, _ := os.ReadFile(ref)
+			b, _ := os.ReadFile(out)
+			if len(a) == 0 || !bytes.Equal(a, b) {
+				t.Errorf("image differs from mkcomposefs' (format version %d vs %d)", b[12], a[12])
+			}
+		})
+	}
+}
+
+func TestMkimageStdinAndStdout(t *testing.T) {
+	src := filepath.Join(composefsVectors(t), "special_v1.dump")
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old := os.Stdin
+	os.Stdin = f
+	defer func() { os.Stdin = old }()
+	stdout, stderr, err := runCmd(t, "mkimage", "--from-file", "-", "-")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	want, _ := os.ReadFile(filepath.Join(composefsVectors(t), "images", "special_v1.cfs"))
+	if stdout != string(want) {
+		t.Error("image on stdout differs from images/special_v1.cfs")
+	}
+}
+
+func TestMkimagePrintDigestOnly(t *testing.T) {
+	dir := t.TempDir()
+	stdout, stderr, err := runCmd(t, "mkimage", "--print-digest-only", "--from-file", filepath.Join(composefsVectors(t), "longlink.dump"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if strings.TrimSpace(stdout) != "32f1351322d32ebed1bde5fd72e2d218435c4aada13a359f1b1d1f1e126815a6" {
+		t.Errorf("printed %q", stdout)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("files written: %v", ents)
+	}
+}
+
+func TestMkimageUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{},
+		{dir},
+		{dir, "a", "b"},
+		{"--print-digest-only", dir, "out"},
+		{"--threads", "0", dir, "out"},
+		{"--min-version", "2", dir, "out"},
+		{"--max-version=-1", dir, "out"},
+		{"--skip-xattrs", "--user-xattrs", dir, "out"},
+		{"--no-such-flag", dir, "out"},
+	} {
+		_, _, err := runCmd(t, append([]string{"mkimage"}, args...)...)
+		var ue *usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("mkimage %v: got %v, want a usage error", args, err)
+		}
+	}
+}
+
+// TestMkimageBadDump: a dump error names the file and line, and leaves no
+// image and no temporary file behind.
+func TestMkimageBadDump(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "bad.dump")
+	os.WriteFile(src, []byte("/ 0 40755 2 0 0 0 0.0 - - -\n/a 0 100644 1 0 0 0 0.0 - - - user.x\n"), 0o644)
+	out := filepath.Join(dir, "out", "img.cfs")
+	os.Mkdir(filepath.Dir(out), 0o755)
+	_, _, err := runCmd(t, "mkimage", "--from-file", src, out)
+	if err == nil || !strings.Contains(err.Error(), "bad.dump: line 2:") || !strings.Contains(err.Error(), `has no "="`) {
+		t.Fatalf("error %v does not name the file, line and problem", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 0 {
+		t.Errorf("left behind: %v", ents)
+	}
+	// An existing image is not touched by a failed run.
+	os.WriteFile(out, []byte("old"), 0o644)
+	runCmd(t, "mkimage", "--from-file", src, out)
+	if b, _ := os.ReadFile(out); string(b) != "old" {
+		t.Error("failed run changed the existing image")
+	}
+}
+
+// TestMkimageDirectory compares directory mode, with an object store and
+// flags between the positional arguments, with mkcomposefs.
+func TestMkimageDirectory(t *testing.T) {
+	mkcfs := mkcomposefsOracle(t)
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	os.MkdirAll(filepath.Join(src, "usr", "bin"), 0o755)
+	os.WriteFile(filepath.Join(src, "usr", "bin", "tool"), bytes.Repeat([]byte("tool\n"), 1000), 0o755)
+	os.WriteFile(filepath.Join(src, "usr", "bin", "copy"), bytes.Repeat([]byte("tool\n"), 1000), 0o755)
+	os.WriteFile(filepath.Join(src, "small"), []byte("inline"), 0o644)
+	os.Symlink("usr/bin/tool", filepath.Join(src, "link"))
+
+	testutil.Run(t, mkcfs, "--use-epoch", "--digest-store="+filepath.Join(tmp, "ref-store"), src, filepath.Join(tmp, "ref.cfs"))
+	refDigest := strings.TrimSpace(string(testutil.Run(t, mkcfs, "--use-epoch", "--print-digest-only", src)))
+	stdout, stderr, err := runCmd(t, "mkimage", "--digest-store", filepath.Join(tmp, "store"), src, "--use-epoch", "--threads=2", filepath.Join(tmp, "out.cfs"), "--print-digest")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	if strings.TrimSpace(stdout) != refDigest {
+		t.Errorf("digest %q, mkcomposefs --print-digest-only says %s", stdout, refDigest)
+	}
+	a, _ := os.ReadFile(filepath.Join(tmp, "ref.cfs"))
+	b, _ := os.ReadFile(filepath.Join(tmp, "out.cfs"))
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Error("image differs from mkcomposefs'")
+	}
+	if l1, l2 := listFiles(t, filepath.Join(tmp, "ref-store")), listFiles(t, filepath.Join(tmp, "store")); l1 != l2 || l1 == "" {
+		t.Errorf("store has %q, mkcomposefs' has %q", l2, l1)
+	}
+}
+
+func listFiles(t *testing.T, dir string) string {
+	var out []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
