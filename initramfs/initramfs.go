@@ -31,8 +31,8 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/cfsroot/cfsroot/initramfs/kmod"
-	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/internal/atomicfile"
 )
 
 // Compression is how the cpio archive is compressed. The kernel must have

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 )
 
 // Entry is one line of a load list: a module file and whether a failure to
@@ -47,7 +48,7 @@ func WriteList(w io.Writer, entries []Entry) error {
 }
 
 func checkListPath(p string) error {
-	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, " \t\r\n") {
+	if !strings.HasPrefix(p, "/") || strings.IndexFunc(p, unicode.IsSpace) >= 0 {
 		return fmt.Errorf("kmod: load list path %q must be absolute and free of white space", p)
 	}
 	return nil

@@ -64,16 +64,7 @@ func Open(dir string) (*Tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Tree{
-		Dir:      modDir,
-		Version:  filepath.Base(modDir),
-		paths:    map[string]string{},
-		deps:     map[string][]string{},
-		pre:      map[string][]string{},
-		post:     map[string][]string{},
-		builtin:  map[string]bool{},
-		bAliases: map[string]bool{},
-	}
+	t := newTree(modDir)
 	if err := t.readDep(); err != nil {
 		return nil, err
 	}
@@ -100,6 +91,19 @@ func Open(dir string) (*Tree, error) {
 		}
 	}
 	return t, nil
+}
+
+func newTree(modDir string) *Tree {
+	return &Tree{
+		Dir:      modDir,
+		Version:  filepath.Base(modDir),
+		paths:    map[string]string{},
+		deps:     map[string][]string{},
+		pre:      map[string][]string{},
+		post:     map[string][]string{},
+		builtin:  map[string]bool{},
+		bAliases: map[string]bool{},
+	}
 }
 
 func findModDir(dir string) (string, error) {
@@ -162,6 +166,11 @@ func (t *Tree) readDep() error {
 	if err != nil {
 		return fmt.Errorf("kmod: %w (run depmod -b ROOT %s to make it)", err, t.Version)
 	}
+	return t.parseDep(b, p)
+}
+
+// parseDep reads modules.dep lines "path: dependency paths...".
+func (t *Tree) parseDep(b []byte, p string) error {
 	s := bufio.NewScanner(bytes.NewReader(b))
 	s.Buffer(nil, 1<<20)
 	for n := 1; s.Scan(); n++ {
@@ -173,9 +182,15 @@ func (t *Tree) readDep() error {
 		if !ok || mod == "" {
 			return fmt.Errorf("kmod: %s:%d: want \"module: deps...\", got %q", p, n, line)
 		}
+		if err := checkModPath(mod); err != nil {
+			return fmt.Errorf("kmod: %s:%d: %w", p, n, err)
+		}
 		name := Name(mod)
 		t.paths[name] = mod
 		for _, d := range strings.Fields(deps) {
+			if err := checkModPath(d); err != nil {
+				return fmt.Errorf("kmod: %s:%d: %w", p, n, err)
+			}
 			t.deps[name] = append(t.deps[name], Name(d))
 			if _, ok := t.paths[Name(d)]; !ok {
 				// Remember the path now; its own line may come later.
@@ -188,6 +203,17 @@ func (t *Tree) readDep() error {
 	}
 	if len(t.paths) == 0 {
 		return fmt.Errorf("kmod: %s lists no modules", p)
+	}
+	return nil
+}
+
+// checkModPath makes sure a module path stays inside the module tree (and
+// inside /lib/modules/KVER of an initramfs built from it).
+func checkModPath(p string) error {
+	ok := !path.IsAbs(p) && path.Clean(p) == p && p != ".." && !strings.HasPrefix(p, "../") &&
+		Name(p) != "" && strings.Contains(path.Base(p), ".ko")
+	if !ok {
+		return fmt.Errorf("module path %q is not a clean relative .ko path", p)
 	}
 	return nil
 }
@@ -322,7 +348,7 @@ func (t *Tree) Resolve(names ...string) ([]Module, error) {
 			return nil, err
 		}
 		for _, m := range mods {
-			if err := r.visit(m, false, nil); err != nil {
+			if err := r.visit(m, false, false, nil); err != nil {
 				return nil, err
 			}
 		}
@@ -358,7 +384,10 @@ type resolver struct {
 	busy map[string]bool // on the current visiting path
 }
 
-func (r *resolver) visit(name string, optional bool, chain []string) error {
+// visit places module name after what it needs. optional marks a module
+// wanted only as a soft dependency; soft says visit got here over a soft
+// dependency edge.
+func (r *resolver) visit(name string, optional, soft bool, chain []string) error {
 	if i, ok := r.at[name]; ok {
 		if !optional {
 			r.require(i)
@@ -367,8 +396,9 @@ func (r *resolver) visit(name string, optional bool, chain []string) error {
 	}
 	if r.busy[name] {
 		// Soft dependencies may form cycles (A pre: B, B post: A); the
-		// module on the path is placed when its own visit finishes.
-		if optional {
+		// module on the path is placed when its own visit finishes. A
+		// cycle through hard dependencies has no valid order.
+		if soft {
 			return nil
 		}
 		return fmt.Errorf("kmod: dependency cycle: %s -> %s", strings.Join(chain, " -> "), name)
@@ -390,7 +420,7 @@ func (r *resolver) visit(name string, optional bool, chain []string) error {
 	// that the order matches modprobe --show-depends.
 	deps := r.t.deps[name]
 	for i := len(deps) - 1; i >= 0; i-- {
-		if err := r.visit(deps[i], optional, chain); err != nil {
+		if err := r.visit(deps[i], optional, false, chain); err != nil {
 			return err
 		}
 	}
@@ -413,7 +443,7 @@ func (r *resolver) visitSoft(s string, chain []string) error {
 		mods = []string{s}
 	}
 	for _, m := range mods {
-		if err := r.visit(m, true, chain); err != nil {
+		if err := r.visit(m, true, true, chain); err != nil {
 			return err
 		}
 	}

@@ -295,3 +295,86 @@ func TestResolveTrixieAgainstModprobe(t *testing.T) {
 		}
 	}
 }
+
+func TestBadModulePaths(t *testing.T) {
+	for _, dep := range []string{
+		"../../../etc/passwd.ko:\n",
+		"/abs/x.ko:\n",
+		"kernel/a.ko: kernel/../../b.ko\n",
+		"kernel/notamodule:\n",
+	} {
+		dir := writeTree(t, map[string]string{"modules.dep": dep})
+		if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "not a clean relative .ko path") {
+			t.Errorf("Open with modules.dep %q: %v, want a path error", dep, err)
+		}
+	}
+	dir := writeTree(t, map[string]string{
+		"modules.dep":     "kernel/a.ko:\nkernel/b.ko: kernel/a.ko\n",
+		"modules.softdep": "softdep a pre: b\n",
+	})
+	tree, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tree.Resolve("a"); err == nil || !strings.Contains(err.Error(), "dependency cycle: a -> b -> a") {
+		t.Errorf("soft dependency on a module that needs the first one: %v, want a cycle error", err)
+	}
+}
+
+// FuzzResolve checks, for arbitrary index files, that Resolve does not
+// panic and that whatever order it returns is valid: each module once,
+// after all its hard dependencies, and required modules' dependencies
+// required too.
+func FuzzResolve(f *testing.F) {
+	f.Add([]byte(synthDep), []byte(synthSoftdep), []byte(synthAlias), "ext4 erofs a")
+	f.Add([]byte("a.ko: b.ko\nb.ko: a.ko\n"), []byte("softdep a post: b\n"), []byte{}, "a b")
+	f.Fuzz(func(t *testing.T, dep, softdep, alias []byte, wants string) {
+		tree := newTree("/lib/modules/fuzz")
+		if tree.parseDep(dep, "modules.dep") != nil {
+			return
+		}
+		_ = tree.parseSoftdep(softdep)
+		_ = tree.parseAlias(alias)
+		_ = tree.parseBuiltinModinfo(alias)
+		mods, err := tree.Resolve(strings.Fields(wants)...)
+		if err != nil {
+			return
+		}
+		at := map[string]int{}
+		for i, m := range mods {
+			if _, dup := at[m.Name]; dup {
+				t.Fatalf("%s listed twice: %v", m.Name, mods)
+			}
+			at[m.Name] = i
+		}
+		for i, m := range mods {
+			for _, d := range tree.Deps(m.Name) {
+				j, ok := at[d]
+				if !ok || j > i {
+					t.Fatalf("%s placed before (or without) its dependency %s: %v", m.Name, d, mods)
+				}
+				if !m.Optional && mods[j].Optional {
+					t.Fatalf("required %s depends on optional %s: %v", m.Name, d, mods)
+				}
+			}
+		}
+	})
+}
+
+func FuzzParseList(f *testing.F) {
+	f.Add("# c\n/lib/modules/x/a.ko\n/lib/modules/x/b.ko optional\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		l, err := ParseList(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		var b bytes.Buffer
+		if err := WriteList(&b, l); err != nil {
+			t.Fatalf("WriteList of a parsed list: %v", err)
+		}
+		l2, err := ParseList(&b)
+		if err != nil || !reflect.DeepEqual(l, l2) {
+			t.Fatalf("round trip: %v, %v != %v", err, l2, l)
+		}
+	})
+}
