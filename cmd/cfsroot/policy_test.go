@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// policyTree is the image the policy tests generate rules for: path, mode,
+// content.
+var policyTree = []struct {
+	path    string
+	mode    uint32
+	content string
+}{
+	{"bin/sh", 0o755, "\x7fELF" + strings.Repeat("shell", 2000)},
+	{"bin/hello", 0o755, "#!/bin/sh\n" + strings.Repeat("echo hello\n", 20)},
+	{"bin/short", 0o755, "#!/bin/sh\nexec hello\n"}, // inline: no rule possible
+	{"lib/libc.so.6", 0o644, "\x7fELF" + strings.Repeat("libc", 3000)},
+	{"lib/ld.bin", 0o644, "\x7fELF" + strings.Repeat("ld", 3000)}, // ELF told only by content
+	{"share/doc", 0o644, strings.Repeat("documentation\n", 40)},
+}
+
+// policyImage writes policyTree as source files, an object store and an
+// image made with the composefs writer.
+func policyImage(t *testing.T) (src, store, image string) {
+	t.Helper()
+	dir := t.TempDir()
+	src, store, image = filepath.Join(dir, "src"), filepath.Join(dir, "store"), filepath.Join(dir, "root.cfs")
+	root := composefs.NewNode(composefs.ModeDir | 0o755)
+	dirs := map[string]*composefs.Node{}
+	for _, f := range policyTree {
+		p := filepath.Join(src, f.path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(f.content), os.FileMode(f.mode)); err != nil {
+			t.Fatal(err)
+		}
+		n := composefs.NewNode(composefs.ModeRegular | f.mode)
+		n.Size = uint64(len(f.content))
+		if len(f.content) <= composefs.RecommendedInlineMax {
+			n.Content = []byte(f.content)
+		} else {
+			d, err := verity.DigestReader(strings.NewReader(f.content), verity.Params{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := fmt.Sprintf("%x", d.Sum)
+			n.Payload, n.Digest = h[:2]+"/"+h[2:], d.Sum
+			op := filepath.Join(store, "objects", n.Payload)
+			if err := os.MkdirAll(filepath.Dir(op), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(op, []byte(f.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dn, base := filepath.Split(f.path)
+		dn = strings.TrimSuffix(dn, "/")
+		d := dirs[dn]
+		if d == nil {
+			d = composefs.NewNode(composefs.ModeDir | 0o755)
+			dirs[dn] = d
+			if err := root.Add(dn, d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := d.Add(base, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b bytes.Buffer
+	if _, err := composefs.Write(&b, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(image, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return src, store, image
+}
+
+// expectedPolicy builds the expected text from `fsverity digest` of the
+// source files (the independent oracle for the rule values).
+func expectedPolicy(t *testing.T, src, header string, initramfs bool, files ...string) string {
+	t.Helper()
+	set := map[string]bool{}
+	for _, f := range files {
+		out := testutil.Run(t, "fsverity", "digest", "--compact", filepath.Join(src, f))
+		set["sha256:"+strings.TrimSpace(string(out))] = true
+	}
+	var ds []string
+	for d := range set {
+		ds = append(ds, d)
+	}
+	sort.Strings(ds)
+	var b strings.Builder
+	b.WriteString(header + "\nDEFAULT action=ALLOW\nDEFAULT op=EXECUTE action=DENY\n")
+	if initramfs {
+		b.WriteString("op=EXECUTE boot_verified=TRUE action=ALLOW\n")
+	}
+	for _, d := range ds {
+		b.WriteString("op=EXECUTE fsverity_digest=" + d + " action=ALLOW\n")
+	}
+	return b.String()
+}
+
+func TestPolicyGenerate(t *testing.T) {
+	testutil.RequireTool(t, "fsverity")
+	src, store, image := policyImage(t)
+	tests := []struct {
+		name  string
+		args  []string
+		want  []string // files whose digests are the rules
+		inram bool
+		hdr   string
+	}{
+		{"exec with store", []string{"--store", store}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin"}, false, "policy_name=cfsroot policy_version=0.0.1"},
+		{"store is the objects dir", []string{"--store", filepath.Join(store, "objects"), "--name", "root", "--version", "2.0.65535"}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin"}, false, "policy_name=root policy_version=2.0.65535"},
+		{"exec without store", nil, []string{"bin/sh", "bin/hello", "lib/libc.so.6"}, false, "policy_name=cfsroot policy_version=0.0.1"},
+		{"all", []string{"--files", "all", "--allow-initramfs"}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin", "share/doc"}, true, "policy_name=cfsroot policy_version=0.0.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, err := runCLI(t, append(append([]string{"policy", "generate"}, tt.args...), image)...)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, errs)
+			}
+			if want := expectedPolicy(t, src, tt.hdr, tt.inram, tt.want...); out != want {
+				t.Errorf("policy:\n%s\nwant:\n%s", out, want)
+			}
+			if !strings.Contains(errs, "1 executables are stored inline") || !strings.Contains(errs, "\n  /bin/short\n") {
+				t.Errorf("stderr does not name the inline executable:\n%s", errs)
+			}
+			noStore := !strings.Contains(strings.Join(tt.args, " "), "--store")
+			if got := strings.Contains(errs, "no --store"); got != (noStore && !strings.Contains(tt.name, "all")) {
+				t.Errorf("no-store warning shown = %v:\n%s", got, errs)
+			}
+		})
+	}
+
+	// -o writes the same bytes to a file.
+	o := filepath.Join(t.TempDir(), "p.ipe")
+	stdout, _, err := runCLI(t, "policy", "generate", "--store", store, "-o", o, image)
+	if err != nil || stdout != "" {
+		t.Fatalf("-o: %v, stdout %q", err, stdout)
+	}
+	got, _ := os.ReadFile(o)
+	if want := expectedPolicy(t, src, "policy_name=cfsroot policy_version=0.0.1", false, "bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin"); string(got) != want {
+		t.Errorf("-o file:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestPolicyGenerateErrors(t *testing.T) {
+	_, _, image := policyImage(t)
+	var ue *usageError
+	for _, tt := range []struct {
+		args  []string
+		usage bool
+		msg   string
+	}{
+		{[]string{"policy"}, true, "no subcommand"},
+		{[]string{"policy", "frobnicate"}, true, "unknown subcommand"},
+		{[]string{"policy", "generate"}, true, "want one IMAGE"},
+		{[]string{"policy", "generate", "--files", "some", image}, true, "want exec or all"},
+		{[]string{"policy", "generate", "--name", "a b", image}, true, "--name"},
+		{[]string{"policy", "generate", "--version", "1.2", image}, true, "--version"},
+		{[]string{"policy", "generate", "--store", "/nonexistent", image}, false, "object store"},
+		{[]string{"policy", "generate", "--store", t.TempDir(), image}, false, "object store"},
+		{[]string{"policy", "generate", filepath.Join(t.TempDir(), "missing.cfs")}, false, "no such file"},
+	} {
+		_, _, err := runCLI(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.msg) || errors.As(err, &ue) != tt.usage {
+			t.Errorf("%q: err = %v, want one containing %q (usage error: %v)", tt.args, err, tt.msg, tt.usage)
+		}
+	}
+}
+
+func TestPolicySign(t *testing.T) {
+	testutil.RequireTool(t, "openssl")
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "policy.ipe")
+	text := "policy_name=root policy_version=1.0.0\nDEFAULT action=ALLOW\nDEFAULT op=EXECUTE action=DENY\n" +
+		"op=EXECUTE fsverity_digest=sha256:" + strings.Repeat("5a", 32) + " action=ALLOW\n"
+	if err := os.WriteFile(policy, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range testKeys {
+		t.Run(k.name, func(t *testing.T) {
+			key, cert := opensslKey(t, dir, k.name, k.args...)
+			for _, nocerts := range []bool{false, true} {
+				p7s := filepath.Join(dir, fmt.Sprintf("%s-%v.p7s", k.name, nocerts))
+				args := []string{"policy", "sign", "--key", key, "--cert", cert, policy, p7s}
+				osslArgs := []string{"smime", "-sign", "-nodetach", "-noattr", "-binary", "-outform", "der", "-in", policy, "-signer", cert, "-inkey", key}
+				if nocerts {
+					args = append(args, "--nocerts")
+					osslArgs = append(osslArgs, "-nocerts")
+				}
+				if out, _, err := runCLI(t, args...); err != nil || !strings.Contains(out, "root 1.0.0") {
+					t.Fatalf("policy sign: %v, %q", err, out)
+				}
+				// openssl verifies the signature and prints the content it carries.
+				verify := []string{"smime", "-verify", "-binary", "-inform", "der", "-noverify", "-in", p7s}
+				if nocerts {
+					verify = append(verify, "-certfile", cert)
+				}
+				out, err := exec.Command("openssl", verify...).Output()
+				if err != nil || string(out) != text {
+					t.Errorf("openssl smime -verify: %v, content %q, want the policy", err, out)
+				}
+				if strings.HasPrefix(k.name, "rsa") {
+					// PKCS#1 v1.5 is deterministic: the bytes must be openssl's.
+					want := testutil.Run(t, "openssl", osslArgs...)
+					if got, _ := os.ReadFile(p7s); !bytes.Equal(got, want) {
+						t.Errorf("signature differs from `openssl %s`", strings.Join(osslArgs, " "))
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestPolicySignErrors(t *testing.T) {
+	testutil.RequireTool(t, "openssl")
+	dir := t.TempDir()
+	key, cert := opensslKey(t, dir, "k", "-newkey", "rsa:2048")
+	_, otherCert := opensslKey(t, dir, "other", "-newkey", "rsa:2048")
+	bad := filepath.Join(dir, "bad.ipe")
+	os.WriteFile(bad, []byte("policy_name=x policy_version=1\nDEFAULT action=ALLOW\n"), 0o644)
+	good := filepath.Join(dir, "good.ipe")
+	os.WriteFile(good, []byte("policy_name=x policy_version=1.0.0\nDEFAULT action=ALLOW\n"), 0o644)
+	out := filepath.Join(dir, "out.p7s")
+	var ue *usageError
+	for _, tt := range []struct {
+		args  []string
+		usage bool
+		msg   string
+	}{
+		{[]string{"policy", "sign", good, out}, true, "--key and --cert are required"},
+		{[]string{"policy", "sign", "--key", key, "--cert", cert, good}, true, "want POLICY POLICY.p7s"},
+		{[]string{"policy", "sign", "--key", key, "--cert", cert, bad, out}, false, "want A.B.C"},
+		{[]string{"policy", "sign", "--key", key, "--cert", otherCert, good, out}, false, "does not belong"},
+		{[]string{"policy", "sign", "--key", key, "--cert", cert, filepath.Join(dir, "none"), out}, false, "no such file"},
+	} {
+		_, _, err := runCLI(t, tt.args...)
+		if err == nil || !strings.Contains(err.Error(), tt.msg) || errors.As(err, &ue) != tt.usage {
+			t.Errorf("%q: err = %v, want one containing %q (usage error: %v)", tt.args, err, tt.msg, tt.usage)
+		}
+	}
+	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a failed sign left %s behind (%v)", out, err)
+	}
+}
