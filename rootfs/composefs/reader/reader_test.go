@@ -7,32 +7,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// sharedDir returns ../shared relative to the repository root (the directory
-// holding go.mod), where the composefs vectors live.
-func sharedDir(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "..", "shared")
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			tb.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-}
+	"github.com/cfsroot/cfsroot/internal/testutil"
+)
 
 // vectorImages returns the reference images of the composefs vectors.
 func vectorImages(tb testing.TB) []string {
 	tb.Helper()
-	imgs, err := filepath.Glob(filepath.Join(sharedDir(tb), "composefs", "vectors", "images", "*.cfs"))
+	imgs, err := filepath.Glob(filepath.Join(testutil.SharedDir(tb), "composefs", "vectors", "images", "*.cfs"))
 	if err != nil || len(imgs) == 0 {
 		tb.Fatalf("no composefs vector images found (%v); shared/ must sit beside the repository", err)
 	}
@@ -41,7 +23,7 @@ func vectorImages(tb testing.TB) []string {
 
 func readVector(tb testing.TB, name string) []byte {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join(sharedDir(tb), "composefs", "vectors", "images", name))
+	b, err := os.ReadFile(filepath.Join(testutil.SharedDir(tb), "composefs", "vectors", "images", name))
 	if err != nil {
 		tb.Fatal(err)
 	}
