@@ -145,12 +145,18 @@ func TestVMEndObserved(t *testing.T) {
 		{"halt", "halting on request", "reboot: System halted", vm.Stopped},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
+			// A TPM whose state outlives the VM, as tests of NV counters
+			// need; the kernel's TPM driver starts it up, so swtpm writes
+			// its state file.
+			tpmState := t.TempDir()
 			m := vm.Start(t, vm.Options{
 				Name:      tc.mode,
 				Kernel:    k.Image,
 				Initramfs: initrd,
 				Append:    []string{"cfsroot.smoke=" + tc.mode},
 				Timeout:   2 * time.Minute,
+				TPM:       true,
+				TPMState:  tpmState,
 			})
 			for _, want := range []string{tc.guestLine, tc.kernelLine} {
 				if _, err := m.WaitLine(want, time.Minute); err != nil {
@@ -172,6 +178,9 @@ func TestVMEndObserved(t *testing.T) {
 			}
 			if _, err := m.WaitLine("never printed", time.Second); err == nil || !strings.Contains(err.Error(), "VM ended") {
 				t.Errorf("WaitLine after the end = %v, want a \"VM ended\" error", err)
+			}
+			if _, err := os.Stat(filepath.Join(tpmState, "tpm2-00.permall")); err != nil {
+				t.Errorf("swtpm kept no state in Options.TPMState: %v", err)
 			}
 		})
 	}

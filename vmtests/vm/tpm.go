@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -73,12 +74,19 @@ func (s *swtpm) qemuArgs() []string {
 }
 
 // stop waits up to grace for swtpm to exit on its own (it does when QEMU
-// goes away), then kills it.
+// shuts the TPM down, but not when QEMU was killed), then asks it to exit
+// and kills it if it does not.
 func (s *swtpm) stop(grace time.Duration) {
 	select {
 	case <-s.done:
 		return
 	case <-time.After(grace):
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+		return
+	case <-time.After(2 * time.Second):
 	}
 	_ = s.cmd.Process.Kill()
 	<-s.done

@@ -301,7 +301,7 @@ func (m *Machine) Wait() *Result {
 		elapsed := time.Since(m.start)
 		m.timer.Stop()
 		if m.tpm != nil {
-			m.tpm.stop(5 * time.Second)
+			m.tpm.stop(500 * time.Millisecond)
 		}
 		lines := m.console.all()
 		r := &Result{Console: lines, Err: err, Elapsed: elapsed, LogFile: m.console.path}
