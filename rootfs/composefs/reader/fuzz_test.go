@@ -3,8 +3,12 @@ package reader
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"testing"
+
+	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/composefs/dump"
 )
 
 // FuzzReader feeds mutated images to the reader: it must return an error or
@@ -48,5 +52,11 @@ func FuzzReader(f *testing.F) {
 		if err != nil || root == nil {
 			t.Fatalf("Walk succeeded but Tree failed: %v", err)
 		}
+		// What the reader accepts must not crash the formatter or the
+		// writer (which may still refuse it, e.g. over its input limits).
+		if err := dump.Write(io.Discard, root); err != nil {
+			t.Fatalf("dump.Write: %v", err)
+		}
+		composefs.Write(io.Discard, root, nil)
 	})
 }
