@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	"golang.org/x/sys/unix"
 
@@ -30,7 +31,7 @@ const mkimageHelp = `SOURCE is a directory, or with --from-file a composefs dump
 stdin; strict parsing when the environment has CFS_PARSE_STRICT, as
 mkcomposefs). IMAGE is written through a temporary file and renamed, or
 to stdout if it is - (not a terminal). With --print-digest-only there is no
-IMAGE. The flags are mkcomposefs'; without --min-version and --max-version
+IMAGE. The flags are mkcomposefs' (but --external-exec); without --min-version and --max-version
 the format version is 0, or 1 if the tree has whiteouts; giving one of them
 makes the other default to 0.`
 
@@ -47,6 +48,7 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 	skipXattrs := fs.Bool("skip-xattrs", false, "do not store xattrs")
 	userXattrs := fs.Bool("user-xattrs", false, "store only user.* xattrs")
 	skipDevices := fs.Bool("skip-devices", false, "do not store block and character devices (whiteouts included)")
+	externalExec := fs.Bool("external-exec", false, "keep files with an execute bit external (an object with an fs-verity digest) however small,\nso that IPE rules (cfsroot policy generate) can allow them; NOT in mkcomposefs: the image bytes\ndiffer from mkcomposefs' when the tree has executables of 64 bytes or less")
 	threads := fs.Int("threads", 0, "files digested and copied at once (default: the number of CPUs)")
 	printDigest := fs.Bool("print-digest", false, "print the image's fs-verity digest (hex)")
 	printDigestOnly := fs.Bool("print-digest-only", false, "print the image's fs-verity digest, write no image")
@@ -93,11 +95,18 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 	}
 	if *fromFile {
 		// mkcomposefs ignores these with --from-file; so do we, but say so.
-		for _, name := range []string{"digest-store", "use-epoch", "skip-xattrs", "user-xattrs", "skip-devices", "threads"} {
+		for _, name := range []string{"digest-store", "use-epoch", "skip-xattrs", "user-xattrs", "skip-devices", "threads", "external-exec"} {
 			if set[name] {
 				fmt.Fprintf(stderr, "cfsroot mkimage: warning: --%s has no effect with --from-file\n", name)
 			}
 		}
+	}
+
+	// Digesting a big tree makes a lot of short-lived garbage; without a
+	// limit the heap grows to twice the live tree. Keep it near what the
+	// tree needs unless the user chose (GOMEMLIMIT).
+	if _, ok := os.LookupEnv("GOMEMLIMIT"); !ok {
+		debug.SetMemoryLimit(mkimageMemoryLimit)
 	}
 
 	source := pos[0]
@@ -107,7 +116,7 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 	} else {
 		root, err = readDir(source, *store, composefs.BuildOptions{
 			UseEpoch: *useEpoch, SkipXattrs: *skipXattrs, UserXattrs: *userXattrs,
-			SkipDevices: *skipDevices, Threads: *threads,
+			SkipDevices: *skipDevices, Threads: *threads, ExternalExec: *externalExec,
 		}, stderr)
 	}
 	if err != nil {
@@ -134,6 +143,10 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// mkimageMemoryLimit is the soft heap limit of mkimage: a tree of 150k
+// entries needs about 120 MiB.
+const mkimageMemoryLimit = 192 << 20
 
 func readDump(source string) (*composefs.Node, error) {
 	var r io.Reader = os.Stdin

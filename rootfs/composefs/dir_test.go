@@ -134,7 +134,7 @@ func makeTree(t *testing.T) string {
 	b.file("same-content-a", pattern(5000, 1), 0o600)
 	b.file("same-content-b", pattern(5000, 1), 0o755)
 	b.file("setuid", pattern(70, 2), 0o4755)
-	b.file("-dash", []byte("x"), 0o644)     // sorts before "."
+	b.file("-dash", []byte("x"), 0o644)    // sorts before "."
 	b.file("!bang", pattern(80, 3), 0o644) // sorts before "."
 	b.file("name with spaces\tand\nnewline=eq", pattern(66, 4), 0o644)
 	b.file(strings.Repeat("L", 255), []byte("long name"), 0o644)
@@ -423,5 +423,3 @@ func TestFromDirErrors(t *testing.T) {
 		t.Error("SkipXattrs with UserXattrs accepted")
 	}
 }
-
-

@@ -10,6 +10,7 @@ import (
 	"math/bits"
 	"sort"
 	"strings"
+	"unsafe"
 
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -189,9 +190,8 @@ type winode struct {
 	shared  []int64 // per xattr: offset in the shared table, or -1
 	acct    int64   // libcomposefs' xattr_size accounting since the clone
 	ents    []went  // directories: entries with "." and "..", sorted
-	content []byte  // inline regular file data
-	target  string  // symlink target
 	chunked bool    // external regular file: chunk-based, null chunks
+	inline  bool    // regular file with inline content (node.Content)
 
 	ino     uint32
 	nid     uint64
@@ -272,7 +272,7 @@ type builder struct {
 
 	sharedTable []Xattr
 	sharedSize  uint64
-	sharedOff   map[string]int64
+	sharedOff   map[xattrKey]int64
 	minMtime    Time
 	hasACL      bool
 
@@ -379,27 +379,30 @@ func (b *builder) newInode(n *Node, parent *winode, name string) (*winode, error
 	switch n.Type() {
 	case ModeRegular:
 		if len(n.Content) > 0 {
-			w.content = n.Content
+			w.inline = true
 		} else if n.Size > 0 {
 			w.chunked = true
+			// One allocation for both values: a big tree has many.
+			buf := make([]byte, 0, metacopyDigestValue+1+len(n.Payload))
 			var mc []byte
 			if n.Digest != nil {
-				mc = make([]byte, metacopyDigestValue)
-				mc[1] = metacopyDigestValue
-				mc[3] = fsverityHashSHA256
-				copy(mc[4:], n.Digest)
+				buf = append(buf, 0, metacopyDigestValue, 0, fsverityHashSHA256)
+				buf = append(buf, n.Digest...)
+				mc = buf[:metacopyDigestValue:metacopyDigestValue]
 			}
 			if err := w.setXattr(xattrMetacopy, mc); err != nil {
 				return nil, err
 			}
 			if n.Payload != "" {
-				if err := w.setXattr(xattrRedirect, []byte("/"+n.Payload)); err != nil {
+				start := len(buf)
+				buf = append(buf, '/')
+				buf = append(buf, n.Payload...)
+				if err := w.setXattr(xattrRedirect, buf[start:]); err != nil {
 					return nil, err
 				}
 			}
 		}
 	case ModeSymlink:
-		w.target = n.Payload
 		w.size = uint64(len(n.Payload))
 	case ModeCharDev:
 		if n.Rdev == 0 {
@@ -554,24 +557,31 @@ func (b *builder) rootWhiteout(rw *winode, name string) *winode {
 // computeShared finds the xattrs (key and value) used by more than one
 // inode and lays out the shared xattr table (compute_erofs_shared_xattrs).
 func (b *builder) computeShared() {
-	counts := make(map[string]int)
-	var uniq []Xattr
+	type use struct {
+		x     Xattr
+		count int
+	}
+	counts := make(map[xattrKey]*use)
+	var uniq []*use
 	for _, w := range b.inodes {
 		for _, x := range w.xattrs {
-			k := x.Key + "\x00" + string(x.Value)
-			c, ok := counts[k]
-			if !ok {
-				uniq = append(uniq, x)
+			k := keyOfXattr(x)
+			u := counts[k]
+			if u == nil {
+				u = &use{x: x}
+				counts[k] = u
+				uniq = append(uniq, u)
 			}
-			counts[k] = c + 1
+			u.count++
 		}
 	}
 	var shared []Xattr
-	for _, x := range uniq {
-		if counts[x.Key+"\x00"+string(x.Value)] > 1 {
-			shared = append(shared, x)
+	for _, u := range uniq {
+		if u.count > 1 {
+			shared = append(shared, u.x)
 		}
 	}
+	counts, uniq = nil, nil
 	// Descending by key, then value length, then value bytes.
 	sort.Slice(shared, func(i, j int) bool {
 		a, c := shared[i], shared[j]
@@ -584,10 +594,10 @@ func (b *builder) computeShared() {
 		return bytes.Compare(a.Value, c.Value) > 0
 	})
 	b.sharedTable = shared
-	b.sharedOff = make(map[string]int64, len(shared))
+	b.sharedOff = make(map[xattrKey]int64, len(shared))
 	off := uint64(0)
 	for _, x := range shared {
-		b.sharedOff[x.Key+"\x00"+string(x.Value)] = int64(off)
+		b.sharedOff[keyOfXattr(x)] = int64(off)
 		off += xattrEntryLen(x)
 	}
 	b.sharedSize = off
@@ -599,12 +609,23 @@ func (b *builder) computeShared() {
 		n := 0
 		for i, x := range w.xattrs {
 			w.shared[i] = -1
-			if off, ok := b.sharedOff[x.Key+"\x00"+string(x.Value)]; ok && n < maxSharedPerIno {
+			if len(shared) == 0 {
+				continue
+			}
+			if off, ok := b.sharedOff[keyOfXattr(x)]; ok && n < maxSharedPerIno {
 				w.shared[i] = off
 				n++
 			}
 		}
 	}
+}
+
+// xattrKey identifies an xattr by name and value. The value is a string
+// view of the Xattr's bytes, which Write does not change.
+type xattrKey struct{ key, value string }
+
+func keyOfXattr(x Xattr) xattrKey {
+	return xattrKey{x.Key, unsafe.String(unsafe.SliceData(x.Value), len(x.Value))}
 }
 
 // xattrPrefix returns the EROFS name index of key and the name suffix
@@ -697,12 +718,12 @@ func (b *builder) layout() error {
 				w.tail = 0
 			}
 		case ModeSymlink:
-			w.nblocks, w.tail = 0, uint64(len(w.target))
+			w.nblocks, w.tail = 0, uint64(len(w.node.Payload))
 		case ModeRegular:
 			switch {
 			case w.size == 0:
 				w.nblocks, w.tail = 0, 0
-			case w.content != nil:
+			case w.inline:
 				w.nblocks, w.tail = w.size/blockSize, w.size%blockSize
 				if w.tail > blockSize/2 {
 					w.nblocks++
@@ -1006,12 +1027,12 @@ func (b *builder) writeInode(e *ewriter, w *winode, currentEnd *uint64) {
 		}
 	case ModeSymlink:
 		if w.nblocks == 0 {
-			e.str(w.target)
+			e.str(w.node.Payload)
 		}
 	case ModeRegular:
 		if w.tail > 0 {
-			if w.content != nil {
-				e.bytes(w.content[w.size-w.tail:])
+			if w.inline {
+				e.bytes(w.node.Content[w.size-w.tail:])
 			} else {
 				for i := uint64(0); i < w.tail/4; i++ {
 					e.u32(0xFFFFFFFF)
@@ -1077,7 +1098,7 @@ func (b *builder) writeData(e *ewriter, w *winode) {
 			writeDirents(e, w.ents[starts[len(starts)-1]:], blockSize)
 		}
 	case ModeRegular:
-		if w.content == nil {
+		if !w.inline {
 			for i := 0; i < blockSize/4; i++ {
 				e.u32(0xFFFFFFFF)
 			}
@@ -1085,11 +1106,11 @@ func (b *builder) writeData(e *ewriter, w *winode) {
 		}
 		for i := uint64(0); i < w.nblocks; i++ {
 			end := min((i+1)*blockSize, w.size)
-			e.bytes(w.content[i*blockSize : end])
+			e.bytes(w.node.Content[i*blockSize : end])
 			e.align(blockSize)
 		}
 	case ModeSymlink:
-		e.str(w.target)
+		e.str(w.node.Payload)
 		e.align(blockSize)
 	}
 }
