@@ -29,6 +29,7 @@ const (
 	tamperedImage  = "tampered"  // one byte changed after signing
 	untrustedImage = "untrusted" // signed by a key the initramfs does not trust
 	unsignedImage  = "nosig"     // no .sig file
+	ramImage       = "ramcopy"   // signed, but left without fs-verity on disk
 	diskLabel      = "cfsroot-test"
 )
 
@@ -159,6 +160,8 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 		untrustedImage + ".cfs":     img.Bytes(),
 		untrustedImage + ".cfs.sig": signWith(otherCert, otherKey, f.digest),
 		unsignedImage + ".cfs":      img.Bytes(),
+		ramImage + ".cfs":           img.Bytes(),
+		ramImage + ".cfs.sig":       sig,
 	} {
 		write(t, filepath.Join(images, name), content)
 	}
@@ -167,7 +170,8 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 	if err != nil {
 		return nil, err.Error()
 	}
-	write(t, filepath.Join(diskTree, "composefs", "noverity.list"), []byte("objects/"+composefs.ObjectPath(d.Sum)+"\n"))
+	write(t, filepath.Join(diskTree, "composefs", "noverity.list"),
+		[]byte("objects/"+composefs.ObjectPath(d.Sum)+"\nimages/"+ramImage+".cfs\n"))
 
 	f.disk = keep(t, dir, vm.Ext4(t, diskTree, diskLabel, "96M"))
 	provision := vm.BuildStatic(t, "./vmtests/internal/provision")
@@ -235,7 +239,7 @@ func bootCfsroot(t *testing.T, f *fixture, config string, appendArgs ...string) 
 	initrd := vm.Initramfs(t, initramfs.Spec{
 		Init:      f.initBin,
 		ModuleDir: f.kernel.Modules,
-		Modules:   vm.BootModules,
+		Modules:   append([]string{"loop"}, vm.BootModules...), // loop: RAM copies live on tmpfs
 		Certs:     []string{f.cert},
 		Config:    cfgPath,
 	})
@@ -251,7 +255,7 @@ func bootCfsroot(t *testing.T, f *fixture, config string, appendArgs ...string) 
 
 const testConfig = `{
   "disk": "LABEL=` + diskLabel + `",
-  "slots": ["default", "tampered", "untrusted", "nosig"],
+  "slots": ["default", "tampered", "untrusted", "nosig", "ramcopy"],
   "tpm": "required"
 }`
 
@@ -292,6 +296,9 @@ func TestBootSignedImage(t *testing.T) {
 		if !ok || !rr.OK || rr.Data["sha256"] != hex.EncodeToString(sum[:]) {
 			t.Errorf("read %s through the overlay: %+v", p, rr)
 		}
+	}
+	if rr, _ := res.Result("write"); rr.OK || !strings.Contains(rr.Error, "read-only file system") {
+		t.Errorf("writing to the root without an upper layer: %+v; want EROFS", rr)
 	}
 	// verity=require: an object without fs-verity cannot be read.
 	if rr, ok := res.Result("read:" + badObjectFile); !ok || rr.OK || !strings.Contains(rr.Error, "input/output error") {
@@ -424,4 +431,45 @@ func TestBootFallback(t *testing.T) {
 	if !res.Contains("slot tampered refused") {
 		t.Errorf("console does not say why slot tampered was refused")
 	}
+}
+
+// TestBootTmpfsUpper: with upper "tmpfs" the root is writable.
+func TestBootTmpfsUpper(t *testing.T) {
+	f := bootFixture(t)
+	cfg := `{"disk": "LABEL=` + diskLabel + `", "slots": ["default"], "upper": "tmpfs", "tpm": "optional"}`
+	res := bootCfsroot(t, f, cfg)
+	r := res.Require(t, "status", "write", "rootinit-done")
+	if !r["write"].OK {
+		t.Errorf("root with a tmpfs upper layer is not writable: %s", r["write"].Error)
+	}
+	if m := res.Results; !strings.Contains(r["status"].Data["json"], `"upper": "tmpfs"`) {
+		t.Errorf("status.json does not record the tmpfs upper layer (%d results)", len(m))
+	}
+}
+
+// TestBootRAMCopy: an image on disk without fs-verity is refused unless the
+// config allows a RAM copy; then the copy is digested in user space, checked
+// against the signature and mounted.
+func TestBootRAMCopy(t *testing.T) {
+	f := bootFixture(t)
+	t.Run("refused", func(t *testing.T) {
+		res := bootCfsroot(t, f, testConfig, "cfsroot.image="+ramImage)
+		for _, w := range []string{"step verify:ramcopy failed", "fs-verity not enabled", "allow_ram_copy", "BOOT FAILED"} {
+			if !res.Contains(w) {
+				t.Errorf("console lacks %q (log %s)", w, res.LogFile)
+			}
+		}
+	})
+	t.Run("allowed", func(t *testing.T) {
+		cfg := `{"disk": "LABEL=` + diskLabel + `", "slots": ["ramcopy"], "allow_ram_copy": true, "tpm": "optional"}`
+		res := bootCfsroot(t, f, cfg)
+		r := res.Require(t, "status", "rootinit-done")
+		var st boot.Status
+		if err := json.Unmarshal([]byte(r["status"].Data["json"]), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.DigestSource != "ram-copy" || st.Digest != f.digest.String() || st.VerifiedBy != "signature" {
+			t.Errorf("status.json: %+v", st)
+		}
+	})
 }

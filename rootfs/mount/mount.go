@@ -25,12 +25,17 @@ func EROFS(image, target string) (loopDev string, err error) {
 	if !errors.Is(err, unix.ENOTBLK) {
 		return "", fmt.Errorf("mount erofs %s on %s: %w%s", image, target, err, erofsHint(err))
 	}
-	// The kernel cannot mount EROFS from a file (before 6.12, or without
-	// EROFS_FS_BACKED_BY_FILE): go through a read-only loop device.
-	loopDev, err = attachLoop(image)
+	// The kernel cannot mount EROFS from this file (before 6.12, without
+	// EROFS_FS_BACKED_BY_FILE, or a file on tmpfs, which lacks the page
+	// cache operations EROFS reads through): use a read-only loop device.
+	loop, err := attachLoop(image)
 	if err != nil {
 		return "", fmt.Errorf("mount erofs %s: file-backed mount not supported and %w", image, err)
 	}
+	// The loop device clears itself (LO_FLAGS_AUTOCLEAR) when its last
+	// user goes: keep it open until the mount holds it.
+	defer loop.Close()
+	loopDev = loop.Name()
 	if err := unix.Mount(loopDev, target, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 		return "", fmt.Errorf("mount erofs %s (via %s) on %s: %w%s", image, loopDev, target, err, erofsHint(err))
 	}
@@ -48,42 +53,41 @@ func erofsHint(err error) string {
 }
 
 // attachLoop binds image to a free loop device, read-only and cleared
-// automatically when unmounted.
-func attachLoop(image string) (string, error) {
+// automatically once unmounted and closed, and returns the open device.
+func attachLoop(image string) (*os.File, error) {
 	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
 	if err != nil {
-		return "", fmt.Errorf("no loop devices: %w", err)
+		return nil, fmt.Errorf("no loop devices (load the loop module): %w", err)
 	}
 	defer ctl.Close()
 	f, err := os.Open(image)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer f.Close()
 	for range 10 { // another process may take the free device first
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
 		if err != nil {
-			return "", fmt.Errorf("get free loop device: %w", err)
+			return nil, fmt.Errorf("get free loop device: %w", err)
 		}
 		dev := fmt.Sprintf("/dev/loop%d", n)
 		lf, err := os.OpenFile(dev, os.O_RDONLY, 0)
 		if err != nil {
-			return "", fmt.Errorf("open %s: %w", dev, err)
+			return nil, fmt.Errorf("open %s: %w", dev, err)
 		}
 		cfg := unix.LoopConfig{Fd: uint32(f.Fd())}
 		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR
 		copy(cfg.Info.File_name[:], image)
 		err = unix.IoctlLoopConfigure(int(lf.Fd()), &cfg)
+		if err == nil {
+			return lf, nil
+		}
 		lf.Close()
-		if errors.Is(err, unix.EBUSY) {
-			continue
+		if !errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("configure %s: %w", dev, err)
 		}
-		if err != nil {
-			return "", fmt.Errorf("configure %s: %w", dev, err)
-		}
-		return dev, nil
 	}
-	return "", errors.New("no free loop device after 10 tries")
+	return nil, errors.New("no free loop device after 10 tries")
 }
 
 // Overlay describes the composefs overlay mount.

@@ -81,6 +81,9 @@ func main() {
 		}
 		f.Close()
 	}
+	// Is the root writable (an upper layer) or read-only?
+	err = os.WriteFile("/var-write-test", []byte("x"), 0o644)
+	guest.Check(out, "write", nil, err)
 	guest.Check(out, "rootinit-done", nil, nil)
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
