@@ -115,8 +115,10 @@ func runPolicyGenerate(args []string, stdout, stderr io.Writer) error {
 	}
 	warnPaths(stderr, g.InlineExecutables, "executables are stored inline in the image (no object, so no rule can allow them; IPE will deny them): rebuild the image with `cfsroot mkimage --external-exec`")
 	warnPaths(stderr, g.NoDigest, "files have no fs-verity digest in the image (no rule can name them, and a verity=require mount refuses them)")
-	if len(text) > ipe.MaxPolicySize-4096 {
-		fmt.Fprintf(stderr, "cfsroot: warning: the policy is %d bytes; signed, it may exceed the %d bytes a kernel with 4 KiB pages accepts in one write (ENOMEM)\n", len(text), ipe.MaxPolicySize)
+	if len(text)+ipe.SignatureOverhead > ipe.MaxPolicySize {
+		fmt.Fprintf(stderr, "cfsroot: warning: the policy is %d bytes with %d rules; signed, it exceeds the %d bytes of PKCS#7 the kernel parses (EMSGSIZE), "+
+			"which hold about %d rules: the kernel will refuse it. Allow fewer files (--files exec, fewer executables in the image)\n",
+			len(text), len(g.Policy.Digests), ipe.MaxPolicySize, g.Policy.MaxRules(ipe.SignatureOverhead))
 	}
 	fmt.Fprintf(stderr, "cfsroot: policy %s %s: %d rules for %d files (--files %s), %d bytes\n",
 		g.Policy.Name, g.Policy.Version, len(g.Policy.Digests), g.Selected, sel, len(text))
@@ -197,7 +199,8 @@ func runPolicySign(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("policy sign: %w", err)
 	}
 	if len(p7) > ipe.MaxPolicySize {
-		fmt.Fprintf(stderr, "cfsroot: warning: the signed policy is %d bytes; a kernel with 4 KiB pages accepts at most %d in one write (ENOMEM)\n", len(p7), ipe.MaxPolicySize)
+		return fmt.Errorf("policy sign: the signed policy would be %d bytes, but the kernel parses at most %d bytes of PKCS#7 and would refuse it (EMSGSIZE); "+
+			"remove %d or more rules (each is %d bytes)", len(p7), ipe.MaxPolicySize, (len(p7)-ipe.MaxPolicySize+ipe.RuleSize-1)/ipe.RuleSize, ipe.RuleSize)
 	}
 	if err := atomicfile.WriteFile(pos[1], p7, 0o644); err != nil {
 		return fmt.Errorf("policy sign: %w", err)

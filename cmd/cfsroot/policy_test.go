@@ -261,3 +261,131 @@ func TestPolicySignErrors(t *testing.T) {
 		t.Errorf("a failed sign left %s behind (%v)", out, err)
 	}
 }
+
+// TestMkimageExternalExec: --external-exec gives small executables objects,
+// so that the generated policy can allow them, and changes nothing else.
+func TestMkimageExternalExec(t *testing.T) {
+	testutil.RequireTool(t, "fsverity")
+	src := t.TempDir()
+	files := []struct {
+		path, content string
+		mode          os.FileMode
+	}{
+		{"bin/tiny", "#!/bin/sh\nexec big \"$@\"\n", 0o755},
+		{"bin/big", "\x7fELF" + strings.Repeat("x", 500), 0o755},
+		{"etc/small.conf", "a=b\n", 0o644},
+		{"etc/data", strings.Repeat("y", 300), 0o644},
+	}
+	for _, f := range files {
+		p := filepath.Join(src, f.path)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(f.content), f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	build := func(name string, extra ...string) (image, store string) {
+		image, store = filepath.Join(dir, name+".cfs"), filepath.Join(dir, name+"-objects")
+		args := append([]string{"mkimage", "--use-epoch", "--digest-store", store}, extra...)
+		if _, errs, err := runCLI(t, append(args, src, image)...); err != nil {
+			t.Fatalf("mkimage %v: %v\n%s", extra, err, errs)
+		}
+		return image, store
+	}
+	plainImg, plainStore := build("plain")
+	extImg, extStore := build("external", "--external-exec")
+
+	_, errs, err := runCLI(t, "policy", "generate", "--store", plainStore, plainImg)
+	if err != nil || !strings.Contains(errs, "\n  /bin/tiny\n") {
+		t.Errorf("policy of the plain image: %v; stderr does not name /bin/tiny:\n%s", err, errs)
+	}
+	out, errs, err := runCLI(t, "policy", "generate", "--store", extStore, extImg)
+	if err != nil || strings.Contains(errs, "inline") {
+		t.Errorf("policy of the --external-exec image: %v, stderr:\n%s", err, errs)
+	}
+	if want := expectedPolicy(t, src, "policy_name=cfsroot policy_version=0.0.1", false, "bin/tiny", "bin/big"); out != want {
+		t.Errorf("policy:\n%s\nwant:\n%s", out, want)
+	}
+	// The small executable's object is in the store; the small data file
+	// stays inline, as mkcomposefs would store it.
+	tinyDigest := strings.TrimSpace(string(testutil.Run(t, "fsverity", "digest", "--compact", filepath.Join(src, "bin/tiny"))))
+	if _, err := os.Stat(filepath.Join(extStore, tinyDigest[:2], tinyDigest[2:])); err != nil {
+		t.Errorf("object of bin/tiny: %v", err)
+	}
+	dumped, _, err := runCLI(t, "dump", extImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(dumped, "\n") {
+		if strings.HasPrefix(line, "/etc/small.conf ") {
+			found = true
+			if !strings.Contains(line, ` a=b\n `) {
+				t.Errorf("/etc/small.conf is not inline with --external-exec: %s", line)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no /etc/small.conf in the dump:\n%s", dumped)
+	}
+	// Without small executables the flag changes no byte.
+	os.Remove(filepath.Join(src, "bin/tiny"))
+	a, _ := build("plain2")
+	b, _ := build("external2", "--external-exec")
+	ab, _ := os.ReadFile(a)
+	bb, _ := os.ReadFile(b)
+	if !bytes.Equal(ab, bb) {
+		t.Error("--external-exec changed an image without small executables")
+	}
+}
+
+// TestPolicySize: a signed policy must fit the 65535 bytes of PKCS#7 the
+// kernel parses; generate warns and sign refuses beyond.
+func TestPolicySize(t *testing.T) {
+	testutil.RequireTool(t, "openssl")
+	dir := t.TempDir()
+	key, cert := opensslKey(t, dir, "k", "-newkey", "rsa:2048")
+	policy := func(n int) string {
+		var b strings.Builder
+		b.WriteString("policy_name=cfsroot policy_version=0.0.1\nDEFAULT action=ALLOW\nDEFAULT op=EXECUTE action=DENY\n")
+		for i := range n {
+			fmt.Fprintf(&b, "op=EXECUTE fsverity_digest=sha256:%064x action=ALLOW\n", i)
+		}
+		return b.String()
+	}
+	p7s := filepath.Join(dir, "p.p7s")
+	for _, tt := range []struct {
+		rules int
+		ok    bool
+	}{{500, true}, {600, false}} {
+		in := filepath.Join(dir, fmt.Sprintf("%d.ipe", tt.rules))
+		os.WriteFile(in, []byte(policy(tt.rules)), 0o644)
+		_, _, err := runCLI(t, "policy", "sign", "--key", key, "--cert", cert, in, p7s)
+		if tt.ok {
+			st, serr := os.Stat(p7s)
+			if err != nil || serr != nil || st.Size() > 65535 {
+				t.Errorf("%d rules: %v, %v", tt.rules, err, serr)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "EMSGSIZE") {
+			t.Errorf("%d rules: err = %v, want a refusal naming EMSGSIZE", tt.rules, err)
+		}
+	}
+
+	// An image with 600 distinct executables: generate warns.
+	src := t.TempDir()
+	for i := range 600 {
+		p := filepath.Join(src, "bin", fmt.Sprintf("p%03d", i))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte(fmt.Sprintf("#!/bin/sh\n# program %d\n%s", i, strings.Repeat("#", 100))), 0o755)
+	}
+	image := filepath.Join(dir, "many.cfs")
+	if _, errs, err := runCLI(t, "mkimage", src, image); err != nil {
+		t.Fatalf("mkimage: %v\n%s", err, errs)
+	}
+	_, errs, err := runCLI(t, "policy", "generate", image)
+	if err != nil || !strings.Contains(errs, "600 rules") || !strings.Contains(errs, "EMSGSIZE") {
+		t.Errorf("generate with 600 rules: %v, stderr:\n%s", err, errs)
+	}
+}

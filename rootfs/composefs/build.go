@@ -25,6 +25,12 @@ type BuildOptions struct {
 	SkipXattrs  bool // read no xattrs (--skip-xattrs)
 	UserXattrs  bool // read only user.* xattrs (--user-xattrs)
 	SkipDevices bool // leave out block and character devices, whiteouts included (--skip-devices)
+	// ExternalExec keeps regular files with an execute bit external (with
+	// an object and an fs-verity digest) however small they are, so that
+	// IPE fsverity_digest rules can allow them. mkcomposefs has no such
+	// option: images of trees with executables of at most
+	// RecommendedInlineMax bytes differ from its output.
+	ExternalExec bool
 	// Threads is how many files are digested (and copied to Store) at
 	// once; 0 means one per CPU.
 	Threads int
@@ -131,7 +137,7 @@ func (b *dirBuilder) node(path string, st *unix.Stat_t) (*Node, error) {
 		}
 		if n.Size > 0 {
 			b.files = append(b.files, fileJob{path: path, node: n, st: keyOf(st)})
-			if n.Size > RecommendedInlineMax {
+			if !b.inline(n) {
 				b.totalBytes += int64(n.Size)
 			}
 		}
@@ -309,7 +315,7 @@ func (b *dirBuilder) digestAll() error {
 					return
 				}
 				doneFiles.Add(1)
-				if j.node.Size > RecommendedInlineMax {
+				if !b.inline(j.node) {
 					doneBytes.Add(int64(j.node.Size))
 				}
 			}
@@ -333,7 +339,7 @@ func (b *dirBuilder) readFile(j *fileJob, buf []byte) error {
 	}
 	defer f.Close()
 	n := j.node
-	if n.Size <= RecommendedInlineMax {
+	if b.inline(n) {
 		content := make([]byte, n.Size+1)
 		k, err := io.ReadFull(f, content)
 		if err != io.ErrUnexpectedEOF || uint64(k) != n.Size {
@@ -378,6 +384,11 @@ func (b *dirBuilder) readFile(j *fileJob, buf []byte) error {
 		}
 	}
 	return nil
+}
+
+// inline reports whether the regular file n is stored in the image.
+func (b *dirBuilder) inline(n *Node) bool {
+	return n.Size <= RecommendedInlineMax && !(b.opts.ExternalExec && n.Mode&0o111 != 0)
 }
 
 func (b *dirBuilder) checkUnchanged(f *os.File, j *fileJob) error {

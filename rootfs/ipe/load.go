@@ -131,8 +131,8 @@ func explain(err error) error {
 		why = "IPE is not available: the kernel needs CONFIG_SECURITY_IPE with ipe in the LSM list, and securityfs mounted"
 	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 		why = "permission denied (needs CAP_MAC_ADMIN)"
-	case errors.Is(err, unix.ENOMEM):
-		why = fmt.Sprintf("the policy is too large for the kernel (with 4 KiB pages IPE takes at most %d bytes in one write, about 37 000 fsverity_digest rules): allow fewer files (policy generate --files exec)", MaxPolicySize)
+	case errors.Is(err, unix.EMSGSIZE), errors.Is(err, unix.ENOMEM):
+		why = fmt.Sprintf("the signed policy is too large: the kernel parses at most %d bytes of PKCS#7 (about 570 fsverity_digest rules)", MaxPolicySize)
 	case errors.Is(err, unix.EINVAL):
 		why = "the kernel rejected the request"
 	default:

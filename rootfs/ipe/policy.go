@@ -15,12 +15,34 @@ import (
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
-// MaxPolicySize is the largest signed policy a kernel with 4 KiB pages and the
-// default MAX_PAGE_ORDER (10) accepts: IPE copies the write into one kmalloc
-// buffer of len+1 bytes, and kmalloc stops at 4 MiB (larger writes fail with
-// ENOMEM). At about 112 bytes per fsverity_digest rule this is some 37 000
-// rules.
-const MaxPolicySize = 4<<20 - 1
+// MaxPolicySize is the largest signed policy (the whole DER PKCS#7 message)
+// the kernel accepts: it parses PKCS#7 with its ASN.1 BER decoder
+// (lib/asn1_decoder.c), which refuses messages over 65535 bytes with
+// EMSGSIZE. (Writes over 4 MiB fail earlier, with ENOMEM.) At RuleSize bytes
+// per rule, about 570 fsverity_digest rules fit (Policy.MaxRules).
+const MaxPolicySize = 65535
+
+// RuleSize is the length of one `op=EXECUTE fsverity_digest=sha256:<hex>
+// action=ALLOW` line, newline included.
+const RuleSize = 112
+
+// SignatureOverhead is about what a signature adds to the policy text: a
+// PKCS#7 message with a 2048-bit RSA signature and its certificate embedded
+// (as `cfsroot policy sign` and openssl write by default). Without the
+// certificate it is about 500 bytes.
+const SignatureOverhead = 1300
+
+// MaxRules returns how many SHA-256 fsverity_digest rules p can hold (p's
+// own Digests aside) when the signature adds overhead bytes to the text.
+func (p *Policy) MaxRules(overhead int) int {
+	q := *p
+	q.Digests = nil
+	text, err := q.MarshalText()
+	if err != nil {
+		return 0
+	}
+	return max(0, (MaxPolicySize-overhead-len(text))/RuleSize)
+}
 
 // MaxNameLen bounds policy names: the name becomes a securityfs directory
 // (policies/NAME), so it must be a valid file name.

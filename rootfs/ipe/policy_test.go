@@ -2,17 +2,25 @@ package ipe
 
 import (
 	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
@@ -46,10 +54,10 @@ var testTree = []testFile{
 	{"usr/bin/prog-copy", 0o755, elfBytes(1, 9000)}, // same content: one rule
 	{"usr/bin/run.sh", 0o755, script("exec prog", 300)},
 	{"usr/bin/tiny", 0o755, []byte("#!/bin/sh\nexec prog \"$@\"\n")}, // inline: warned about
-	{"usr/bin/empty", 0o755, nil},                                     // no data: nothing
-	{"usr/lib/libfoo.so.1", 0o644, elfBytes(2, 20000)},                // library without x bits
-	{"usr/lib/plugin.bin", 0o644, elfBytes(3, 7000)},                  // ELF told by content only
-	{"usr/share/hook", 0o644, script("echo hook", 500)},               // script told by content only
+	{"usr/bin/empty", 0o755, nil},                                    // no data: nothing
+	{"usr/lib/libfoo.so.1", 0o644, elfBytes(2, 20000)},               // library without x bits
+	{"usr/lib/plugin.bin", 0o644, elfBytes(3, 7000)},                 // ELF told by content only
+	{"usr/share/hook", 0o644, script("echo hook", 500)},              // script told by content only
 	{"usr/share/data.txt", 0o644, bytes.Repeat([]byte("data\n"), 100)},
 	{"etc/small.conf", 0o644, []byte("key=value\n")}, // inline, not executable
 }
@@ -339,4 +347,57 @@ func TestParseHeader(t *testing.T) {
 			t.Errorf("ParseHeader(%q) succeeded", bad)
 		}
 	}
+}
+
+// TestMaxRules: MaxRules(overhead) rules make a signed policy of at most
+// MaxPolicySize bytes, one more rule does not.
+func TestMaxRules(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ipe policy signer"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	for _, withCert := range []bool{true, false} {
+		p := Policy{Name: "cfsroot", Version: "1.0.0", AllowBootVerified: true}
+		signedSize := func(n int) int {
+			p.Digests = p.Digests[:0]
+			for i := range n {
+				s := sha256.Sum256([]byte{byte(i), byte(i >> 8)})
+				p.Digests = append(p.Digests, verity.Digest{Algorithm: verity.SHA256, Sum: s[:]})
+			}
+			text, err := p.MarshalText()
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig, err := signature.Sign(text, key, cert, signature.Options{IncludeCertificate: withCert})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(sig)
+		}
+		overhead := signedSize(1) - (len(mustText(t, p)))
+		n := p.MaxRules(overhead)
+		if got := signedSize(n); got > MaxPolicySize {
+			t.Errorf("cert %v: %d rules (MaxRules) sign to %d bytes > %d", withCert, n, got, MaxPolicySize)
+		}
+		if got := signedSize(n + 1); got <= MaxPolicySize {
+			t.Errorf("cert %v: %d rules (MaxRules+1) sign to %d bytes, still fit", withCert, n+1, got)
+		}
+		t.Logf("signature overhead %d bytes (certificate embedded: %v): at most %d rules", overhead, withCert, n)
+	}
+}
+
+func mustText(t *testing.T, p Policy) []byte {
+	t.Helper()
+	b, err := p.MarshalText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -1,0 +1,243 @@
+// Command ipebenchguest is PID 1 of the IPE exec-latency benchmark
+// (vmtests/ipe_bench_test.go). It enables fs-verity on two tiny static
+// programs on the test disk, times executing one of them with no IPE policy,
+// then loads (package rootfs/ipe), activates and enforces each signed policy
+// of the disk in turn — policies whose only rule that matches the program is
+// the last one, so IPE walks every rule — and times it again. It also checks
+// that the other program, which no rule names, is denied, and reports how
+// the kernel answers a policy too large to load. Results are marker lines
+// (package vmtests/guest); then it powers off.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/initramfs/kmod"
+	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/rootfs/ipe"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+	"github.com/cfsroot/cfsroot/vmtests/guest"
+)
+
+// Shared with the host side.
+const (
+	diskDev     = "/dev/vda"
+	diskMount   = "/mnt"
+	allowedProg = "bin/allowed" // named by the last rule of every policy
+	deniedProg  = "bin/denied"  // named by no rule
+	policyDir   = "policies"    // RULES.p7s, loaded in increasing RULES order
+)
+
+// Each measurement runs the program at least minRuns times and until
+// minTime has passed (at most maxRuns times).
+const (
+	minRuns = 30
+	maxRuns = 2000
+	minTime = 5 * time.Second
+)
+
+var console = os.Stdout
+
+func main() {
+	mountBasics()
+	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("4"), 0)
+	check("setup", setup)
+	guest.Check(console, "done", nil, nil)
+	unix.Sync()
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {}
+}
+
+func check(name string, fn func() (map[string]string, error)) {
+	data, err := fn()
+	guest.Check(console, name, data, err)
+}
+
+func setup() (map[string]string, error) {
+	if err := loadModules(); err != nil {
+		return nil, err
+	}
+	if err := mountDisk(); err != nil {
+		return nil, err
+	}
+	data := map[string]string{}
+	for _, p := range []string{allowedProg, deniedProg} {
+		d, err := enableVerity(filepath.Join(diskMount, p))
+		if err != nil {
+			return nil, err
+		}
+		data[p] = d.String()
+	}
+	allowed, denied := filepath.Join(diskMount, allowedProg), filepath.Join(diskMount, deniedProg)
+	// Warm up (page cache, first-exec costs) before the baseline.
+	for range 50 {
+		if err := run(allowed); err != nil {
+			return data, err
+		}
+	}
+	// Without a policy IPE allows everything: both run.
+	check("exec-0", func() (map[string]string, error) { return measure(allowed, "0") })
+	if err := run(denied); err != nil {
+		return data, fmt.Errorf("%s without a policy: %w", deniedProg, err)
+	}
+
+	entries, err := os.ReadDir(filepath.Join(diskMount, policyDir))
+	if err != nil {
+		return data, err
+	}
+	var sizes []int
+	for _, e := range entries {
+		n, err := strconv.Atoi(strings.TrimSuffix(e.Name(), ".p7s"))
+		if err != nil {
+			return data, fmt.Errorf("policy file %s: want RULES.p7s", e.Name())
+		}
+		sizes = append(sizes, n)
+	}
+	sort.Ints(sizes)
+	for _, n := range sizes {
+		name := fmt.Sprintf("exec-%d", n)
+		check(name, func() (map[string]string, error) {
+			signed, err := os.ReadFile(filepath.Join(diskMount, policyDir, fmt.Sprintf("%d.p7s", n)))
+			if err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			h, err := ipe.Load(ipe.DefaultDir, signed, true)
+			loadTime := time.Since(start)
+			if err != nil {
+				d := map[string]string{"rules": fmt.Sprint(n), "bytes": fmt.Sprint(len(signed)), "load_error": err.Error()}
+				var errno unix.Errno
+				if errors.As(err, &errno) {
+					d["errno"] = unix.ErrnoName(errno)
+				}
+				return d, err
+			}
+			d, err := measure(allowed, fmt.Sprint(n))
+			d["bytes"] = fmt.Sprint(len(signed))
+			d["load_ms"] = fmt.Sprint(loadTime.Milliseconds())
+			d["policy"] = h.Name
+			if err != nil {
+				return d, err
+			}
+			// Enforcement: the program no rule names must be refused.
+			derr := run(denied)
+			d["denied"] = fmt.Sprint(derr)
+			if !errors.Is(derr, unix.EACCES) {
+				return d, fmt.Errorf("%s under policy %s: %v, want EACCES", deniedProg, h.Name, derr)
+			}
+			return d, nil
+		})
+	}
+	return data, nil
+}
+
+// measure runs prog repeatedly and reports the time per execution.
+func measure(prog, rules string) (map[string]string, error) {
+	var times []time.Duration
+	start := time.Now()
+	for len(times) < maxRuns && (len(times) < minRuns || time.Since(start) < minTime) {
+		t := time.Now()
+		if err := run(prog); err != nil {
+			return map[string]string{"rules": rules}, fmt.Errorf("run %s: %w", prog, err)
+		}
+		times = append(times, time.Since(t))
+	}
+	var sum time.Duration
+	for _, t := range times {
+		sum += t
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	return map[string]string{
+		"rules":     rules,
+		"runs":      fmt.Sprint(len(times)),
+		"mean_us":   fmt.Sprint(int64(sum/time.Duration(len(times))) / 1000),
+		"median_us": fmt.Sprint(times[len(times)/2].Microseconds()),
+		"min_us":    fmt.Sprint(times[0].Microseconds()),
+		"p10_us":    fmt.Sprint(times[len(times)/10].Microseconds()),
+	}, nil
+}
+
+// run forks, executes prog and waits for it; a refused execve comes back as
+// its errno.
+func run(prog string) error {
+	pid, err := syscall.ForkExec(prog, []string{prog}, &syscall.ProcAttr{Env: []string{}})
+	if err != nil {
+		return err
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
+		return err
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		return fmt.Errorf("%s ended with status %v", prog, ws)
+	}
+	return nil
+}
+
+func enableVerity(p string) (verity.Digest, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return verity.Digest{}, err
+	}
+	defer f.Close()
+	if err := verity.Enable(f, verity.Params{}, nil); err != nil {
+		return verity.Digest{}, fmt.Errorf("enable fs-verity on %s: %w", p, err)
+	}
+	return verity.Measure(f)
+}
+
+func mountBasics() {
+	for _, m := range []struct{ src, dst, fstype string }{
+		{"proc", "/proc", "proc"},
+		{"sysfs", "/sys", "sysfs"},
+		{"devtmpfs", "/dev", "devtmpfs"},
+		{"securityfs", "/sys/kernel/security", "securityfs"},
+	} {
+		if err := unix.Mount(m.src, m.dst, m.fstype, unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			fmt.Fprintf(console, "ipebenchguest: mount %s: %v\n", m.dst, err)
+		}
+	}
+}
+
+func loadModules() error {
+	f, err := os.Open(layout.ModuleList)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	list, err := kmod.ParseList(f)
+	if err != nil {
+		return err
+	}
+	return kmod.Load(list, func(string, ...any) {})
+}
+
+func mountDisk() error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(diskDev); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear", diskDev)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := os.MkdirAll(diskMount, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(diskDev, diskMount, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("mount %s: %w", diskDev, err)
+	}
+	return nil
+}
