@@ -35,10 +35,10 @@ type object struct {
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet(commands["check"], stderr)
-	store := fs.String("store", "", "object store directory (as given to mkcomposefs --digest-store or mount basedir=)")
-	verify := fs.Bool("verify", false, "also compute each object's fs-verity digest and compare it with the image's (reads every object)")
-	images, err := parseArgs(fs, args)
+	flags := newFlagSet(commands["check"], stderr)
+	store := flags.String("store", "", "object store directory (as given to mkcomposefs --digest-store or mount basedir=)")
+	verify := flags.Bool("verify", false, "also compute each object's fs-verity digest and compare it with the image's (reads every object)")
+	images, err := parseArgs(flags, args)
 	if err != nil {
 		return err
 	}
