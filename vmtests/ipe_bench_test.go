@@ -78,7 +78,7 @@ func tinyELF(pad int) []byte {
 func BenchmarkIPEExecLatency(b *testing.B) {
 	k := vm.RequireKernel(b)
 	vm.RequireTools(b, "mkfs.ext4", "fsverity", "openssl")
-	guestBin := vm.BuildStatic(b, "./vmtests/internal/ipebenchguest")
+	guestBin := vm.BuildStatic(b, "./vmtests/internal/ipeguest")
 	certPath, keyPath := vm.SigningCert(b, "cfsroot ipe bench db")
 	key, err := signature.LoadKey(keyPath)
 	if err != nil {

@@ -30,7 +30,8 @@ var (
 		summary: "Write an IPE policy that denies execution except of the files of the composefs IMAGE\n" +
 			"(one `op=EXECUTE fsverity_digest=` rule per distinct object). Files of at most 64 bytes\n" +
 			"stored inline in the image have no object and cannot be allowed: they are named in a warning.\n" +
-			"Without --store, external files are judged by mode and name only (an execute bit, or *.so*).",
+			"Without --store, external files are judged by mode and name only (an execute bit, or *.so*).\n" +
+			"The kernel parses at most 65535 bytes of signed policy: about 570 rules (it warns beyond).",
 	}
 	policySign = &command{
 		name: "policy sign",

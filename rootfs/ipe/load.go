@@ -28,7 +28,11 @@ type Header struct {
 func ParseHeader(policy []byte) (Header, error) {
 	for _, line := range splitLines(policy) {
 		if line != "" {
-			return parseHeaderLine(line)
+			h, err := parseHeaderLine(line)
+			if err != nil {
+				return Header{}, fmt.Errorf("ipe policy: %w", err)
+			}
+			return h, nil
 		}
 	}
 	return Header{}, errors.New("ipe policy: no header line (policy_name=N policy_version=A.B.C)")

@@ -79,7 +79,7 @@ func ParseFiles(s string) (Files, error) {
 	case "all":
 		return AllFiles, nil
 	}
-	return 0, fmt.Errorf("ipe policy: file selection %q: want exec or all", s)
+	return 0, fmt.Errorf("file selection %q: want exec or all", s)
 }
 
 // Policy is an IPE policy that allows everything except execution, and
@@ -106,10 +106,10 @@ type Policy struct {
 //	op=EXECUTE fsverity_digest=sha256:<hex> action=ALLOW  (one per digest)
 func (p *Policy) MarshalText() ([]byte, error) {
 	if err := CheckName(p.Name); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ipe policy: %w", err)
 	}
 	if _, err := ParseVersion(p.Version); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ipe policy: %w", err)
 	}
 	var b bytes.Buffer
 	b.Grow(128 + len(p.Digests)*112)
@@ -136,15 +136,15 @@ func (p *Policy) MarshalText() ([]byte, error) {
 func CheckName(name string) error {
 	switch {
 	case name == "":
-		return errors.New("ipe policy: empty policy name")
+		return errors.New("empty policy name")
 	case len(name) > MaxNameLen:
-		return fmt.Errorf("ipe policy: policy name is %d bytes, at most %d allowed", len(name), MaxNameLen)
+		return fmt.Errorf("policy name is %d bytes, at most %d allowed", len(name), MaxNameLen)
 	case name == "." || name == "..":
-		return fmt.Errorf("ipe policy: policy name %q is reserved", name)
+		return fmt.Errorf("policy name %q is reserved", name)
 	}
 	for _, c := range []byte(name) {
 		if c <= ' ' || c == 0x7f || c == '/' || c == '#' {
-			return fmt.Errorf("ipe policy: policy name %q: no spaces, control characters, '/' or '#' allowed", name)
+			return fmt.Errorf("policy name %q: no spaces, control characters, '/' or '#' allowed", name)
 		}
 	}
 	return nil
@@ -155,16 +155,16 @@ func CheckName(name string) error {
 func ParseVersion(v string) (uint64, error) {
 	parts := strings.Split(v, ".")
 	if len(parts) != 3 {
-		return 0, fmt.Errorf("ipe policy: version %q: want A.B.C", v)
+		return 0, fmt.Errorf("version %q: want A.B.C", v)
 	}
 	var n uint64
 	for _, p := range parts {
 		if p == "" || strings.Trim(p, "0123456789") != "" {
-			return 0, fmt.Errorf("ipe policy: version %q: want A.B.C with decimal numbers", v)
+			return 0, fmt.Errorf("version %q: want A.B.C with decimal numbers", v)
 		}
 		x, err := strconv.ParseUint(p, 10, 16)
 		if err != nil {
-			return 0, fmt.Errorf("ipe policy: version %q: each number must be at most 65535", v)
+			return 0, fmt.Errorf("version %q: each number must be at most 65535", v)
 		}
 		n = n<<16 | x
 	}
@@ -209,10 +209,10 @@ type Generated struct {
 // Generate makes a policy that allows executing the chosen files of img.
 func Generate(img *reader.Image, opts GenerateOptions) (*Generated, error) {
 	if err := CheckName(opts.Name); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ipe policy: %w", err)
 	}
 	if _, err := ParseVersion(opts.Version); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("ipe policy: %w", err)
 	}
 	if opts.Files != ExecFiles && opts.Files != AllFiles {
 		return nil, fmt.Errorf("ipe policy: unknown file selection %v", opts.Files)
@@ -319,7 +319,7 @@ func Check(text []byte) (Header, error) {
 		if !headerSeen {
 			var err error
 			if h, err = parseHeaderLine(line); err != nil {
-				return Header{}, fmt.Errorf("line %d: %w", lineno, err)
+				return Header{}, fmt.Errorf("ipe policy: line %d: %w", lineno, err)
 			}
 			headerSeen = true
 			continue
@@ -355,7 +355,7 @@ func splitLines(text []byte) []string {
 func parseHeaderLine(line string) (Header, error) {
 	f := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' })
 	if len(f) != 2 || !strings.HasPrefix(f[0], "policy_name=") || !strings.HasPrefix(f[1], "policy_version=") {
-		return Header{}, fmt.Errorf("ipe policy: header %q: want exactly `policy_name=N policy_version=A.B.C`", line)
+		return Header{}, fmt.Errorf("header %q: want exactly `policy_name=N policy_version=A.B.C`", line)
 	}
 	h := Header{Name: strings.TrimPrefix(f[0], "policy_name="), Version: strings.TrimPrefix(f[1], "policy_version=")}
 	if err := CheckName(h.Name); err != nil {

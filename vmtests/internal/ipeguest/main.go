@@ -1,12 +1,17 @@
-// Command ipebenchguest is PID 1 of the IPE exec-latency benchmark
-// (vmtests/ipe_bench_test.go). It enables fs-verity on two tiny static
-// programs on the test disk, times executing one of them with no IPE policy,
-// then loads (package rootfs/ipe), activates and enforces each signed policy
-// of the disk in turn — policies whose only rule that matches the program is
-// the last one, so IPE walks every rule — and times it again. It also checks
-// that the other program, which no rule names, is denied, and reports how
-// the kernel answers a policy too large to load. Results are marker lines
-// (package vmtests/guest); then it powers off.
+// Command ipeguest is PID 1 of the IPE VM tests. It loads the kernel
+// modules of the initramfs, mounts the test disk and runs what the disk
+// holds, reporting marker lines (package vmtests/guest), then powers off:
+//
+//   - parser/NAME.p7s (vmtests/ipe_parser_test.go): writes each signed
+//     policy to IPE's new_policy and reports whether the kernel's parser
+//     took it, or its errno, so the host can compare with ipe.Check.
+//   - policies/RULES.p7s (vmtests/ipe_bench_test.go): enables fs-verity on
+//     two tiny static programs, times executing one of them with no IPE
+//     policy, then loads (package rootfs/ipe), activates and enforces each
+//     policy in increasing RULES order — policies whose only rule matching
+//     the program is the last one, so IPE walks every rule — and times it
+//     again. It checks that the other program, which no rule names, is
+//     denied, and reports how the kernel answers policies too large to load.
 package main
 
 import (
@@ -36,6 +41,7 @@ const (
 	allowedProg = "bin/allowed" // named by the last rule of every policy
 	deniedProg  = "bin/denied"  // named by no rule
 	policyDir   = "policies"    // RULES.p7s, loaded in increasing RULES order
+	parserDir   = "parser"      // NAME.p7s, each loaded once
 )
 
 // Each measurement runs the program at least minRuns times and until
@@ -51,7 +57,18 @@ var console = os.Stdout
 func main() {
 	mountBasics()
 	_ = os.WriteFile("/proc/sys/kernel/printk", []byte("4"), 0)
-	check("setup", setup)
+	if err := loadModules(); err != nil {
+		guest.Check(console, "setup", nil, err)
+	} else if err := mountDisk(); err != nil {
+		guest.Check(console, "setup", nil, err)
+	} else {
+		if _, err := os.Stat(filepath.Join(diskMount, parserDir)); err == nil {
+			check("parser", parser)
+		}
+		if _, err := os.Stat(filepath.Join(diskMount, policyDir)); err == nil {
+			check("setup", bench)
+		}
+	}
 	guest.Check(console, "done", nil, nil)
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -63,13 +80,51 @@ func check(name string, fn func() (map[string]string, error)) {
 	guest.Check(console, name, data, err)
 }
 
-func setup() (map[string]string, error) {
-	if err := loadModules(); err != nil {
+// parser loads every policy of parserDir and reports, per file name, "OK"
+// or the errno the kernel answered with.
+func parser() (map[string]string, error) {
+	dir := filepath.Join(diskMount, parserDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
 		return nil, err
 	}
-	if err := mountDisk(); err != nil {
-		return nil, err
+	data := map[string]string{}
+	for _, e := range entries {
+		signed, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return data, err
+		}
+		err = writeOnce(filepath.Join(ipe.DefaultDir, "new_policy"), signed)
+		var errno unix.Errno
+		switch {
+		case err == nil:
+			data[e.Name()] = "OK"
+		case errors.As(err, &errno):
+			data[e.Name()] = unix.ErrnoName(errno)
+		default:
+			data[e.Name()] = err.Error()
+		}
 	}
+	return data, nil
+}
+
+// writeOnce writes data to a securityfs file in one write(2).
+func writeOnce(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	n, err := f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != len(data) {
+		err = fmt.Errorf("short write: %d of %d bytes", n, len(data))
+	}
+	return err
+}
+
+func bench() (map[string]string, error) {
 	data := map[string]string{}
 	for _, p := range []string{allowedProg, deniedProg} {
 		d, err := enableVerity(filepath.Join(diskMount, p))
