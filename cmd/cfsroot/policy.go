@@ -26,11 +26,11 @@ func init() {
 var (
 	policyGenerate = &command{
 		name: "policy generate",
-		args: "[--store DIR] [--name N] [--version A.B.C] [--files exec|all] [--allow-initramfs] [-o FILE] IMAGE",
+		args: "[--store DIR | --source DIR] [--name N] [--version A.B.C] [--files exec|all] [--allow-initramfs] [-o FILE] IMAGE",
 		summary: "Write an IPE policy that denies execution except of the files of the composefs IMAGE\n" +
 			"(one `op=EXECUTE fsverity_digest=` rule per distinct object). Files of at most 64 bytes\n" +
 			"stored inline in the image have no object and cannot be allowed: they are named in a warning.\n" +
-			"Without --store, external files are judged by mode and name only (an execute bit, or *.so*).\n" +
+			"Without --store or --source, external files are judged by mode and name only (an execute bit, or *.so*).\n" +
 			"The kernel parses at most 65535 bytes of signed policy: about 570 rules (it warns beyond).",
 	}
 	policySign = &command{
@@ -63,6 +63,7 @@ func runPolicy(args []string, stdout, stderr io.Writer) error {
 func runPolicyGenerate(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet(policyGenerate, stderr)
 	store := fs.String("store", "", "object store of the image (the directory holding ab/cdef… objects, or a composefs\nrepository holding objects/); used to recognise ELF objects and #! scripts by content")
+	source := fs.String("source", "", "instead of --store: the unchanged `DIR` the image was built from, read by path to recognise ELF objects and #! scripts")
 	name := fs.String("name", "cfsroot", "policy name (policy_name)")
 	version := fs.String("version", "0.0.1", "policy version A.B.C; the kernel refuses to replace an active policy by a lower version")
 	files := fs.String("files", "exec", "which files get rules: exec (execute bits, ELF objects including shared libraries, #! scripts) or all (every file with an object)")
@@ -86,6 +87,15 @@ func runPolicyGenerate(args []string, stdout, stderr io.Writer) error {
 		return usagef("policy generate: --version: %v", err)
 	}
 	opts := ipe.GenerateOptions{Name: *name, Version: *version, Files: sel, AllowBootVerified: *initramfs}
+	if *store != "" && *source != "" {
+		return usagef("policy generate: --store and --source exclude each other")
+	}
+	if *source != "" {
+		if st, err := os.Stat(*source); err != nil || !st.IsDir() {
+			return fmt.Errorf("policy generate: --source %s is not a directory (%v)", *source, err)
+		}
+		opts.Source = os.DirFS(*source)
+	}
 	if *store != "" {
 		objects, err := openStore(*store)
 		if err != nil {
@@ -111,8 +121,8 @@ func runPolicyGenerate(args []string, stdout, stderr io.Writer) error {
 	}
 
 	if sel == ipe.ExecFiles && !g.ContentChecked {
-		fmt.Fprintln(stderr, "cfsroot: warning: no --store: executables were chosen by execute bits and *.so* names only;"+
-			" ELF objects and #! scripts without either get no rule and will be denied (give --store, or --files all)")
+		fmt.Fprintln(stderr, "cfsroot: warning: no --store or --source: executables were chosen by execute bits and *.so* names only;"+
+			" ELF objects and #! scripts without either get no rule and will be denied (give --store or --source, or --files all)")
 	}
 	warnPaths(stderr, g.InlineExecutables, "executables are stored inline in the image (no object, so no rule can allow them; IPE will deny them): rebuild the image with `cfsroot mkimage --external-exec`")
 	warnPaths(stderr, g.NoDigest, "files have no fs-verity digest in the image (no rule can name them, and a verity=require mount refuses them)")

@@ -127,6 +127,7 @@ func TestPolicyGenerate(t *testing.T) {
 	}{
 		{"exec with store", []string{"--store", store}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin"}, false, "policy_name=cfsroot policy_version=0.0.1"},
 		{"store is the objects dir", []string{"--store", filepath.Join(store, "objects"), "--name", "root", "--version", "2.0.65535"}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin"}, false, "policy_name=root policy_version=2.0.65535"},
+		{"exec with source", []string{"--source", src}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin"}, false, "policy_name=cfsroot policy_version=0.0.1"},
 		{"exec without store", nil, []string{"bin/sh", "bin/hello", "lib/libc.so.6"}, false, "policy_name=cfsroot policy_version=0.0.1"},
 		{"all", []string{"--files", "all", "--allow-initramfs"}, []string{"bin/sh", "bin/hello", "lib/libc.so.6", "lib/ld.bin", "share/doc"}, true, "policy_name=cfsroot policy_version=0.0.1"},
 	}
@@ -142,7 +143,7 @@ func TestPolicyGenerate(t *testing.T) {
 			if !strings.Contains(errs, "1 executables are stored inline") || !strings.Contains(errs, "\n  /bin/short\n") {
 				t.Errorf("stderr does not name the inline executable:\n%s", errs)
 			}
-			noStore := !strings.Contains(strings.Join(tt.args, " "), "--store")
+			noStore := !strings.Contains(strings.Join(tt.args, " "), "--store") && !strings.Contains(strings.Join(tt.args, " "), "--source")
 			if got := strings.Contains(errs, "no --store"); got != (noStore && !strings.Contains(tt.name, "all")) {
 				t.Errorf("no-store warning shown = %v:\n%s", got, errs)
 			}
@@ -176,6 +177,9 @@ func TestPolicyGenerateErrors(t *testing.T) {
 		{[]string{"policy", "generate", "--name", "a b", image}, true, "--name"},
 		{[]string{"policy", "generate", "--version", "1.2", image}, true, "--version"},
 		{[]string{"policy", "generate", "--store", "/nonexistent", image}, false, "object store"},
+		{[]string{"policy", "generate", "--store", "/", "--source", "/", image}, true, "exclude each other"},
+		{[]string{"policy", "generate", "--source", "/nonexistent", image}, false, "not a directory"},
+		{[]string{"policy", "generate", "--source", t.TempDir(), image}, false, "source tree"},
 		{[]string{"policy", "generate", "--store", t.TempDir(), image}, false, "object store"},
 		{[]string{"policy", "generate", filepath.Join(t.TempDir(), "missing.cfs")}, false, "no such file"},
 	} {

@@ -184,6 +184,11 @@ type GenerateOptions struct {
 	// scripts. nil: external files are judged by their mode and name only
 	// (an execute bit, or a name ending in ".so" or containing ".so.").
 	Objects fs.FS
+	// Source, instead of Objects, is the tree the image was built from:
+	// external files are read by their path in the image. It must not have
+	// changed since (only the choice of files depends on it; the rules'
+	// digests always come from the image).
+	Source fs.FS
 }
 
 // Generated is a policy made by Generate and what the caller should be told.
@@ -202,7 +207,8 @@ type Generated struct {
 	// refuses to open them anyway).
 	NoDigest []string
 	// ContentChecked reports whether external files were judged by their
-	// content (Objects was given) rather than by mode and name only.
+	// content (Objects or Source was given) rather than by mode and name
+	// only.
 	ContentChecked bool
 }
 
@@ -219,7 +225,7 @@ func Generate(img *reader.Image, opts GenerateOptions) (*Generated, error) {
 	}
 	g := &Generated{
 		Policy:         Policy{Name: opts.Name, Version: opts.Version, AllowBootVerified: opts.AllowBootVerified},
-		ContentChecked: opts.Objects != nil,
+		ContentChecked: opts.Objects != nil || opts.Source != nil,
 	}
 	seen := map[string]bool{}
 	err := img.Walk(func(e *reader.Entry) error {
@@ -233,7 +239,7 @@ func Generate(img *reader.Image, opts GenerateOptions) (*Generated, error) {
 			return nil
 		}
 		if opts.Files == ExecFiles {
-			exec, err := externalIsExecutable(e, opts.Objects)
+			exec, err := externalIsExecutable(e, opts.Objects, opts.Source)
 			if err != nil {
 				return err
 			}
@@ -276,28 +282,40 @@ func isExecutable(mode uint32, head []byte) bool {
 	return mode&0o111 != 0 || bytes.HasPrefix(head, []byte("\x7fELF")) || bytes.HasPrefix(head, []byte("#!"))
 }
 
-// externalIsExecutable judges an external file by its mode and, if objects is
-// set, its object's first bytes; otherwise by mode and name.
-func externalIsExecutable(e *reader.Entry, objects fs.FS) (bool, error) {
+// externalIsExecutable judges an external file by its mode and the first
+// bytes of its object (or source file); without either, by mode and name.
+func externalIsExecutable(e *reader.Entry, objects, source fs.FS) (bool, error) {
 	if e.Mode&0o111 != 0 {
 		return true, nil
 	}
-	if objects == nil {
+	var (
+		f   fs.File
+		err error
+		src string
+	)
+	switch {
+	case source != nil:
+		src = strings.TrimPrefix(e.Path, "/")
+		if f, err = source.Open(src); err != nil {
+			return false, fmt.Errorf("%s: %w (is the source tree the one the image was built from?)", e.Path, err)
+		}
+	case objects != nil:
+		if e.Payload == "" {
+			return false, fmt.Errorf("%s: external file without an object path (redirect); cannot find its object", e.Path)
+		}
+		src = "object " + e.Payload
+		if f, err = objects.Open(e.Payload); err != nil {
+			return false, fmt.Errorf("%s: %s: %w (is the object store the one the image was built with?)", e.Path, src, err)
+		}
+	default:
 		base := path.Base(e.Path)
 		return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so."), nil
-	}
-	if e.Payload == "" {
-		return false, fmt.Errorf("%s: external file without an object path (redirect); cannot find its object", e.Path)
-	}
-	f, err := objects.Open(e.Payload)
-	if err != nil {
-		return false, fmt.Errorf("%s: object %s: %w (is the object store the one the image was built with?)", e.Path, e.Payload, err)
 	}
 	defer f.Close()
 	head := make([]byte, headSize)
 	n, err := io.ReadFull(f, head)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return false, fmt.Errorf("%s: object %s: %w", e.Path, e.Payload, err)
+		return false, fmt.Errorf("%s: %s: %w", e.Path, src, err)
 	}
 	return isExecutable(e.Mode, head[:n]), nil
 }

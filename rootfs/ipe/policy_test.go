@@ -183,6 +183,7 @@ func TestGenerate(t *testing.T) {
 		allowed []string // files whose digests must be the rules
 	}{
 		{"exec with store", ExecFiles, true, []string{"usr/bin/prog", "usr/bin/prog-copy", "usr/bin/run.sh", "usr/lib/libfoo.so.1", "usr/lib/plugin.bin", "usr/share/hook"}},
+		{"exec with source", ExecFiles, true, []string{"usr/bin/prog", "usr/bin/prog-copy", "usr/bin/run.sh", "usr/lib/libfoo.so.1", "usr/lib/plugin.bin", "usr/share/hook"}},
 		{"exec without store", ExecFiles, false, []string{"usr/bin/prog", "usr/bin/prog-copy", "usr/bin/run.sh", "usr/lib/libfoo.so.1"}},
 		{"all", AllFiles, false, []string{"usr/bin/prog", "usr/bin/run.sh", "usr/lib/libfoo.so.1", "usr/lib/plugin.bin", "usr/share/hook", "usr/share/data.txt"}},
 		{"all with store", AllFiles, true, []string{"usr/bin/prog", "usr/bin/run.sh", "usr/lib/libfoo.so.1", "usr/lib/plugin.bin", "usr/share/hook", "usr/share/data.txt"}},
@@ -190,7 +191,10 @@ func TestGenerate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			opts := GenerateOptions{Name: "root", Version: "1.2.3", Files: tt.files}
-			if tt.store {
+			switch {
+			case strings.Contains(tt.name, "source"):
+				opts.Source = os.DirFS(src)
+			case tt.store:
 				opts.Objects = os.DirFS(store)
 			}
 			g, err := Generate(img, opts)
