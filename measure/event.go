@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
@@ -100,7 +101,7 @@ func Events(img ImageInfo) ([]Event, error) {
 	case img.Signer != nil && img.Pinned:
 		return nil, fmt.Errorf("measure: image %s: both a signer and a pinned digest given; say which one accepted the image", img.Name)
 	case img.Signer != nil:
-		signer = "sha256:" + Fingerprint(img.Signer)
+		signer = "sha256:" + signature.Fingerprint(img.Signer)
 	case img.Pinned:
 		signer = PinnedDigest
 	default:
@@ -119,13 +120,6 @@ func Events(img ImageInfo) ([]Event, error) {
 
 // Separator returns the event that closes cfsroot's measurements.
 func Separator() Event { return Event{Type: EventSeparator, Data: EventSeparator} }
-
-// Fingerprint is the SHA-256 of the certificate's DER encoding, in lowercase
-// hex: the same as `openssl x509 -noout -fingerprint -sha256` without colons.
-func Fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
 
 func checkName(name string) error {
 	if name == "" || len(name) > 255 {

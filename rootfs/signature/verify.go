@@ -90,7 +90,8 @@ func (ts *TrustStore) find(rawIssuer []byte, serial *big.Int) *x509.Certificate 
 	return nil
 }
 
-// Fingerprint is the SHA-256 of a certificate's DER encoding, in hex: how
+// Fingerprint is the SHA-256 of a certificate's DER encoding, in lowercase
+// hex (openssl x509 -fingerprint -sha256 without the colons): how
 // cfsroot names a signer in logs, the status file and TPM measurements.
 func Fingerprint(c *x509.Certificate) string {
 	sum := sha256.Sum256(c.Raw)
