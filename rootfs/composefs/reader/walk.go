@@ -91,7 +91,9 @@ type WalkFunc func(e *Entry) error
 // before children, names in byte order (the order `composefs-info dump`
 // prints them). Real whiteouts (character devices 0/0, which composefs adds
 // to the root to hide the object store) are skipped, as composefs-info does.
-// It stops with an error wrapping ErrCorrupt at the first invalid structure.
+// It stops with an error wrapping ErrCorrupt at the first invalid structure;
+// entries already passed to fn were valid, but the image as a whole is not
+// and should be rejected.
 func (img *Image) Walk(fn WalkFunc) error {
 	root, err := img.inode(uint64(img.sb.rootNid))
 	if err != nil {
@@ -251,9 +253,6 @@ func (img *Image) entry(ino *inode, path string) (*Entry, error) {
 	case sIFCHR, sIFBLK:
 		e.Rdev = ino.u
 	case sIFLNK:
-		if ino.layout == layoutChunkBased {
-			return nil, wrap(corrupt("%s: chunk-based symlink", ino.where()))
-		}
 		t, err := img.symlink(ino)
 		if err != nil {
 			return nil, wrap(err)
