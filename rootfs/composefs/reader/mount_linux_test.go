@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/rootfs/composefs"
 )
 
 // mountErofs mounts the image read-only at a temporary directory, backed by
@@ -159,5 +160,79 @@ func compareWithMount(t *testing.T, image string) {
 	}
 	if seen != len(ours) {
 		t.Errorf("kernel shows %d entries, reader %d", seen, len(ours))
+	}
+}
+
+// TestDirImageMount builds an image with the Go writer from a real directory
+// (composefs.FromDir, as `cfsroot mkimage DIR` does), mounts it and compares
+// the kernel's view with the reader's.
+func TestDirImageMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		mountErofs(t, "") // skips (or fails in CI) with the reason
+	}
+	dir := t.TempDir()
+	write := func(name string, data []byte, mode os.FileMode) {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("etc/os-release", []byte("ID=test\n"), 0o644)
+	write("usr/bin/sh", bytes.Repeat([]byte{0x7f, 'E', 'L', 'F'}, 100), 0o755)
+	write("usr/share/empty", nil, 0o600)
+	write("usr/share/65", bytes.Repeat([]byte("a"), 65), 0o644)
+	if err := os.Symlink("usr/bin", filepath.Join(dir, "bin")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lsetxattr(filepath.Join(dir, "usr/bin/sh"), "trusted.overlay.redirect", []byte("/x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Lsetxattr(filepath.Join(dir, "etc"), "user.dir", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mknod(filepath.Join(dir, "usr/share/gone"), unix.S_IFCHR, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(filepath.Join(dir, "usr/share/65"), 100000, 70000); err != nil {
+		t.Fatal(err)
+	}
+	root, err := composefs.FromDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := composefs.Write(&buf, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "dir.cfs")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	compareWithMount(t, p)
+	img, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	entries, err := walkAll(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := entryByPath(entries, "/usr/bin/sh")
+	if sh == nil || !sh.IsExternal() || sh.Digest.Sum == nil || sh.Payload != composefs.ObjectPath(sh.Digest.Sum) ||
+		len(sh.Xattrs) != 1 || sh.Xattrs[0].Name != "trusted.overlay.redirect" || string(sh.Xattrs[0].Value) != "/x" {
+		t.Errorf("/usr/bin/sh = %+v", sh)
+	}
+	if e := entryByPath(entries, "/usr/share/65"); e == nil || !e.IsExternal() || e.UID != 100000 || e.GID != 70000 {
+		t.Errorf("/usr/share/65 = %+v", e)
+	}
+	if e := entryByPath(entries, "/etc/os-release"); e == nil || !e.IsInline() || string(e.Content) != "ID=test\n" {
+		t.Errorf("/etc/os-release = %+v", e)
+	}
+	if e := entryByPath(entries, "/usr/share/gone"); e == nil || e.Mode&sIFMT != sIFCHR || e.Rdev != 0 {
+		t.Errorf("/usr/share/gone = %+v", e)
 	}
 }

@@ -2,6 +2,7 @@ package reader
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -161,4 +162,30 @@ func TestWrittenImage(t *testing.T) {
 func TestWrittenImageMount(t *testing.T) {
 	p, _ := writeTestImage(t)
 	compareWithMount(t, p)
+}
+
+// TestPathTooLong: paths longer than PATH_MAX are refused (libcomposefs
+// would print them; the kernel cannot resolve them in one lookup).
+func TestPathTooLong(t *testing.T) {
+	root := composefs.NewNode(composefs.ModeDir | 0o755)
+	d := root
+	for i := 0; i < 20; i++ {
+		sub := composefs.NewNode(composefs.ModeDir | 0o755)
+		if err := d.Add(strings.Repeat(fmt.Sprint(i%10), 250), sub); err != nil {
+			t.Fatal(err)
+		}
+		d = sub
+	}
+	var buf bytes.Buffer
+	if _, err := composefs.Write(&buf, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	img, err := New(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = walkAll(img)
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "longer than 4095 bytes") {
+		t.Errorf("deep tree: %v", err)
+	}
 }
