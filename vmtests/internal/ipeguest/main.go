@@ -38,6 +38,7 @@ import (
 const (
 	diskDev     = "/dev/vda"
 	diskMount   = "/mnt"
+	firstProg   = "bin/first"   // named by the first rule of every policy
 	allowedProg = "bin/allowed" // named by the last rule of every policy
 	deniedProg  = "bin/denied"  // named by no rule
 	policyDir   = "policies"    // RULES.p7s, loaded in increasing RULES order
@@ -126,13 +127,14 @@ func writeOnce(path string, data []byte) error {
 
 func bench() (map[string]string, error) {
 	data := map[string]string{}
-	for _, p := range []string{allowedProg, deniedProg} {
+	for _, p := range []string{firstProg, allowedProg, deniedProg} {
 		d, err := enableVerity(filepath.Join(diskMount, p))
 		if err != nil {
 			return nil, err
 		}
 		data[p] = d.String()
 	}
+	first := filepath.Join(diskMount, firstProg)
 	allowed, denied := filepath.Join(diskMount, allowedProg), filepath.Join(diskMount, deniedProg)
 	// Warm up (page cache, first-exec costs) before the baseline.
 	for range 50 {
@@ -141,7 +143,7 @@ func bench() (map[string]string, error) {
 		}
 	}
 	// Without a policy IPE allows everything: both run.
-	check("exec-0", func() (map[string]string, error) { return measure(allowed, "0") })
+	check("exec-0", func() (map[string]string, error) { return measure(first, allowed, "0") })
 	if err := run(denied); err != nil {
 		return data, fmt.Errorf("%s without a policy: %w", deniedProg, err)
 	}
@@ -177,7 +179,7 @@ func bench() (map[string]string, error) {
 				}
 				return d, err
 			}
-			d, err := measure(allowed, fmt.Sprint(n))
+			d, err := measure(first, allowed, fmt.Sprint(n))
 			d["bytes"] = fmt.Sprint(len(signed))
 			d["load_ms"] = fmt.Sprint(loadTime.Milliseconds())
 			d["policy"] = h.Name
@@ -196,29 +198,44 @@ func bench() (map[string]string, error) {
 	return data, nil
 }
 
-// measure runs prog repeatedly and reports the time per execution.
-func measure(prog, rules string) (map[string]string, error) {
-	var times []time.Duration
+// measure runs first and last alternately, so that both see the same
+// background load, and reports the time per execution of each and the
+// median of the differences of consecutive pairs: under a policy whose
+// first rule names first and whose last rule names last, that difference
+// is the cost of evaluating the rules in between.
+func measure(first, last, rules string) (map[string]string, error) {
+	var a, b, diff []time.Duration
 	start := time.Now()
-	for len(times) < maxRuns && (len(times) < minRuns || time.Since(start) < minTime) {
-		t := time.Now()
-		if err := run(prog); err != nil {
-			return map[string]string{"rules": rules}, fmt.Errorf("run %s: %w", prog, err)
+	for len(a) < maxRuns && (len(a) < minRuns || time.Since(start) < minTime) {
+		t0 := time.Now()
+		if err := run(first); err != nil {
+			return map[string]string{"rules": rules}, fmt.Errorf("run %s: %w", first, err)
 		}
-		times = append(times, time.Since(t))
+		t1 := time.Now()
+		if err := run(last); err != nil {
+			return map[string]string{"rules": rules}, fmt.Errorf("run %s: %w", last, err)
+		}
+		t2 := time.Now()
+		a, b, diff = append(a, t1.Sub(t0)), append(b, t2.Sub(t1)), append(diff, t2.Sub(t1)-t1.Sub(t0))
 	}
 	var sum time.Duration
-	for _, t := range times {
+	for _, t := range b {
 		sum += t
 	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	for _, ts := range [][]time.Duration{a, b, diff} {
+		sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	}
+	us := func(d time.Duration) string { return fmt.Sprint(d.Microseconds()) }
 	return map[string]string{
-		"rules":     rules,
-		"runs":      fmt.Sprint(len(times)),
-		"mean_us":   fmt.Sprint(int64(sum/time.Duration(len(times))) / 1000),
-		"median_us": fmt.Sprint(times[len(times)/2].Microseconds()),
-		"min_us":    fmt.Sprint(times[0].Microseconds()),
-		"p10_us":    fmt.Sprint(times[len(times)/10].Microseconds()),
+		"rules":           rules,
+		"runs":            fmt.Sprint(len(b)),
+		"mean_us":         fmt.Sprint(int64(sum/time.Duration(len(b))) / 1000),
+		"median_us":       us(b[len(b)/2]),
+		"min_us":          us(b[0]),
+		"p10_us":          us(b[len(b)/10]),
+		"first_median_us": us(a[len(a)/2]),
+		"first_p10_us":    us(a[len(a)/10]),
+		"diff_median_us":  us(diff[len(diff)/2]),
 	}, nil
 }
 
