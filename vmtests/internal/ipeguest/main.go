@@ -5,6 +5,10 @@
 //   - parser/NAME.p7s (vmtests/ipe_parser_test.go): writes each signed
 //     policy to IPE's new_policy and reports whether the kernel's parser
 //     took it, or its errno, so the host can compare with ipe.Check.
+//   - composefs/ (vmtests/ipe_composefs_test.go): mounts composefs images
+//     as the init does and runs programs from them and from elsewhere under
+//     no policy, a generated fsverity_digest policy and an
+//     fsverity_signature=TRUE policy (composefs.go).
 //   - policies/RULES.p7s (vmtests/ipe_bench_test.go): enables fs-verity on
 //     two tiny static programs, times executing one of them with no IPE
 //     policy, then loads (package rootfs/ipe), activates and enforces each
@@ -68,6 +72,9 @@ func main() {
 		}
 		if _, err := os.Stat(filepath.Join(diskMount, policyDir)); err == nil {
 			check("setup", bench)
+		}
+		if _, err := os.Stat(filepath.Join(diskMount, cfsDir)); err == nil {
+			composefsMode()
 		}
 	}
 	guest.Check(console, "done", nil, nil)
