@@ -37,7 +37,8 @@ var (
 		name: "policy sign",
 		args: "--key KEY.pem --cert CERT.pem [--nocerts] POLICY POLICY.p7s",
 		summary: "Sign an IPE policy for the kernel: DER PKCS#7 with the policy attached and no signed\n" +
-			"attributes, byte for byte what `openssl smime -sign -nodetach -noattr -binary -outform der` writes.",
+			"attributes: what `openssl smime -sign -nodetach -noattr -binary -outform der` writes (byte for byte\n" +
+			"with RSA keys; ECDSA signatures are randomized). The policy is checked as the kernel parses it first.",
 	}
 )
 
@@ -53,7 +54,7 @@ func runPolicy(args []string, stdout, stderr io.Writer) error {
 	case "sign":
 		return runPolicySign(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
-		fmt.Fprintf(stdout, "usage: cfsroot policy generate %s\n       cfsroot policy sign %s\n\n%s\n",
+		fmt.Fprintf(stdout, "usage: cfsroot policy generate %s\n       cfsroot policy sign %s\n\n%s.\nRun `cfsroot policy generate --help` or `cfsroot policy sign --help` for details.\n",
 			policyGenerate.args, policySign.args, commands["policy"].summary)
 		return nil
 	}
@@ -177,7 +178,7 @@ func runPolicySign(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet(policySign, stderr)
 	keyPath := fs.String("key", "", "PEM private key (RSA 2048-4096 bits, or ECDSA P-256/P-384)")
 	certPath := fs.String("cert", "", "PEM or DER certificate of the key; the kernel must trust it (builtin, secondary or platform/UEFI db keyring)")
-	noCerts := fs.Bool("nocerts", false, "leave the certificate out of the signature, as `openssl smime -nocerts` (the kernel finds the signer by issuer and serial)")
+	noCerts := fs.Bool("nocerts", false, "leave the certificate out of the signature, as openssl smime -nocerts does (the kernel finds the signer by issuer and serial)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
