@@ -82,9 +82,38 @@ func TestIPEPolicyParser(t *testing.T) {
 		files[c.name] = file
 		writeTB(t, filepath.Join(tree, "parser", file), signed)
 	}
+	// The same minimal policy signed with ECDSA keys (P-256, P-384), whose
+	// certificates are in db too: `cfsroot policy sign` takes such keys.
+	var ecCerts []string
+	for _, curve := range []string{"P-256", "P-384"} {
+		dir := t.TempDir()
+		ecCert, ecKey := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+		runCmdTB(t, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:"+curve, "-nodes", "-sha256",
+			"-days", "3650", "-subj", "/CN=cfsroot ipe parser "+curve, "-keyout", ecKey, "-out", ecCert,
+			"-addext", "keyUsage=critical,digitalSignature", "-addext", "extendedKeyUsage=codeSigning")
+		k, err := signature.LoadKey(ecKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := signature.LoadCertificate(ecCert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hash := crypto.SHA256
+		if curve == "P-384" {
+			hash = crypto.SHA384
+		}
+		text := fmt.Sprintf("policy_name=ecdsa_%s policy_version=0.0.1\nDEFAULT action=ALLOW\n", strings.ReplaceAll(curve, "-", ""))
+		signed, err := signature.Sign([]byte(text), k, c, signature.Options{Hash: hash, IncludeCertificate: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeTB(t, filepath.Join(tree, "parser", "ecdsa-"+curve+".p7s"), signed)
+		ecCerts = append(ecCerts, ecCert)
+	}
 	disk := vm.Ext4(t, tree, "ipeparser", "32M")
 	initrd := vm.Initramfs(t, initramfs.Spec{Init: guestBin, ModuleDir: k.Modules, Modules: vm.BootModules})
-	res := vm.Boot(t, vm.Options{Name: "ipeparser", Kernel: k.Image, Initramfs: initrd, Disks: []string{disk}, DBCerts: []string{certPath}})
+	res := vm.Boot(t, vm.Options{Name: "ipeparser", Kernel: k.Image, Initramfs: initrd, Disks: []string{disk}, DBCerts: append([]string{certPath}, ecCerts...)})
 	got := res.Require(t, "parser", "done")["parser"].Data
 
 	for i, c := range ipeParserCases {
@@ -106,5 +135,10 @@ func TestIPEPolicyParser(t *testing.T) {
 			t.Errorf("%s: the kernel answered %s, want a parser error (EBADMSG, ERANGE, EINVAL)", c.name, kernel)
 		}
 		t.Logf("%-22s kernel %-8s Check %v", c.name, kernel, cerr)
+	}
+	for _, curve := range []string{"P-256", "P-384"} {
+		if got := got["ecdsa-"+curve+".p7s"]; got != "OK" {
+			t.Errorf("policy signed with ECDSA %s: the kernel answered %s", curve, got)
+		}
 	}
 }
