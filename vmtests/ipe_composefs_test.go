@@ -49,9 +49,10 @@ func buildComposefs(t *testing.T, tree, image, objects string) {
 //     ext4 without fs-verity, and a program of another image, are denied;
 //   - `op=EXECUTE fsverity_signature=TRUE action=ALLOW`, with the other
 //     image's objects enabled with builtin fs-verity signatures (made by
-//     fsverity-utils, signer added to the .fs-verity keyring): whether IPE
-//     sees the signature through the overlay — one rule for a whole root,
-//     where digest rules stop at about 570 files.
+//     fsverity-utils, signer added to the .fs-verity keyring, which is then
+//     restricted so that no other signer can be added): IPE sees the
+//     signature through the overlay — one rule for a whole root, where
+//     digest rules stop at about 570 files.
 func TestIPEComposefs(t *testing.T) {
 	k := vm.RequireKernel(t)
 	vm.RequireTools(t, "mkfs.ext4", "openssl", "fsverity")
@@ -134,11 +135,19 @@ func TestIPEComposefs(t *testing.T) {
 		t.Fatal(err)
 	}
 	runCmdTB(t, "openssl", "x509", "-in", fvCert, "-outform", "der", "-out", filepath.Join(base, "fsverity-cert.der"))
+	otherCert, _ := vm.SigningCert(t, "cfsroot fs-verity intruder")
+	runCmdTB(t, "openssl", "x509", "-in", otherCert, "-outform", "der", "-out", filepath.Join(base, "other-cert.der"))
 
 	image := vm.Ext4(t, disk, "ipecfs", "32M")
 	initrd := vm.Initramfs(t, initramfs.Spec{Init: guestBin, ModuleDir: k.Modules, Modules: vm.BootModules})
 	res := vm.Boot(t, vm.Options{Name: "ipecfs", Kernel: k.Image, Initramfs: initrd, Disks: []string{image}, DBCerts: []string{dbCert}})
-	r := res.Require(t, "cfs-setup", "cfs-no-policy", "cfs-digests", "cfs-signature", "done")
+	r := res.Require(t, "cfs-setup", "cfs-keyring-lock", "cfs-no-policy", "cfs-digests", "cfs-signature", "done")
+	// Root can add keys to .fs-verity until the keyring is restricted; then
+	// a certificate not signed by a builtin key is refused.
+	if lock := r["cfs-keyring-lock"].Data; lock["restrict"] != "OK" || lock["add-after-lock"] == "OK" {
+		t.Errorf("locking .fs-verity: restrict %s, adding a certificate afterwards %s; want OK and a refusal", lock["restrict"], lock["add-after-lock"])
+	}
+	t.Logf("cfs-keyring-lock: %v", r["cfs-keyring-lock"].Data)
 
 	const ok, denied = "OK", "EACCES"
 	want := map[string]map[string]string{

@@ -26,6 +26,8 @@ import (
 //	                                            fs-verity signatures:
 //	composefs/sigs/xx/yyyy.sig                  (fsverity sign output)
 //	composefs/fsverity-cert.der                 their signer
+//	composefs/other-cert.der                    a certificate added after the
+//	                                            keyring is locked
 //	composefs/digests.p7s                       policy: fsverity_digest rules
 //	                                            generated from root.cfs
 //	composefs/signature.p7s                     policy: fsverity_signature=TRUE
@@ -65,6 +67,7 @@ func composefsMode() {
 		}
 		return d
 	}
+	check("cfs-keyring-lock", func() (map[string]string, error) { return lockKeyring(base) })
 	check("cfs-no-policy", func() (map[string]string, error) { return execAll(), nil })
 	for _, policy := range []string{"digests", "signature"} {
 		check("cfs-"+policy, func() (map[string]string, error) {
@@ -189,4 +192,24 @@ func errnoName(err error) string {
 		return unix.ErrnoName(errno)
 	}
 	return err.Error()
+}
+
+// lockKeyring restricts the .fs-verity keyring to keys signed by the
+// kernel's builtin keys (what an init would do once it has added its own
+// signer, so that root cannot add another later) and reports whether adding
+// another certificate is then refused.
+func lockKeyring(base string) (map[string]string, error) {
+	ring, err := keyringID(".fs-verity")
+	if err != nil {
+		return nil, err
+	}
+	d := map[string]string{}
+	d["restrict"] = errnoName(unix.KeyctlRestrictKeyring(ring, "asymmetric", "builtin_trusted"))
+	der, err := os.ReadFile(filepath.Join(base, "other-cert.der"))
+	if err != nil {
+		return d, err
+	}
+	_, err = unix.AddKey("asymmetric", "", der, ring)
+	d["add-after-lock"] = errnoName(err)
+	return d, nil
 }
