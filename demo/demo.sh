@@ -35,7 +35,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	exit 1
 fi
 command -v go >/dev/null 2>&1 || {
-	echo "demo: the Go toolchain (1.24 or newer) is needed: install it to /usr/local/go (https://go.dev/dl/)" >&2
+	echo "demo: the Go toolchain (1.26 or newer) is needed: install it to /usr/local/go (https://go.dev/dl/)" >&2
 	exit 1
 }
 

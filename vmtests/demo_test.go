@@ -66,6 +66,8 @@ WantedBy=multi-user.target
 // the cached root), or CFSROOT_DEMO_ROOT=DIR (a root tree of your own that
 // has systemd and tpm2-tools). CFSROOT_DEMO_OUT=DIR keeps the keys, image,
 // disk and initramfs there instead of in a temporary directory.
+// CFSROOT_DEMO_UPPER=none boots the root read-only instead of with a tmpfs
+// upper layer.
 func TestDemo(t *testing.T) {
 	root := demoRoot(t)
 	k := vm.RequireKernel(t)
@@ -144,11 +146,15 @@ func TestDemo(t *testing.T) {
 
 	// 7. The initramfs, with mkinitramfs.sh as a user would build it.
 	t0 = time.Now()
+	upper := "tmpfs"
+	if u := os.Getenv("CFSROOT_DEMO_UPPER"); u != "" {
+		upper = u // "none" shows what a read-only root does to Debian's units
+	}
 	cfg := map[string]any{
 		"disk":       "LABEL=" + demoLabel,
 		"slots":      []string{demoImage},
 		"tpm":        "required",
-		"upper":      "tmpfs",
+		"upper":      upper,
 		"init":       "/sbin/init",
 		"on_failure": "halt",
 	}
@@ -222,8 +228,8 @@ func TestDemo(t *testing.T) {
 	c.check("signature verified by the init", st.VerifiedBy == "signature" && st.Signer == "CN="+demoSignerCN,
 		"signer %s (sha256 %s)", st.Signer, st.SignerSHA256)
 	mi := r["root-mount"].Data["mountinfo"]
-	c.check("root is overlay, verity=require, tmpfs upper", strings.Contains(mi, " overlay ") &&
-		strings.Contains(mi, "verity=require") && st.Upper == "tmpfs", "%s", lastFields(mi, 3))
+	c.check("root is overlay, verity=require, upper "+upper, strings.Contains(mi, " overlay ") &&
+		strings.Contains(mi, "verity=require") && st.Upper == upper, "%s", lastFields(mi, 3))
 	c.check("systemd is PID 1 after switch_root", r["pid1"].Data["comm"] == "systemd" &&
 		strings.HasSuffix(r["pid1"].Data["exe"], "/systemd/systemd"), "%s (%s)", r["pid1"].Data["exe"], r["pid1"].Data["comm"])
 	state := r["system-state"].Data["state"]
