@@ -10,7 +10,7 @@ import (
 
 // MaxPathLen is the longest path the reader accepts (PATH_MAX without the
 // NUL). It bounds the work per entry on hostile images with very deep trees.
-const MaxPathLen = pathMax - 1
+const MaxPathLen = 4095
 
 // Xattr is an extended attribute: full name ("user.foo") and value.
 type Xattr struct {
