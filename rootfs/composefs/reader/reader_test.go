@@ -327,6 +327,10 @@ func TestCorruptImages(t *testing.T) {
 			put32(b, l.inode(name).off+8, 0)
 			return b
 		}, "symlink target length 0"},
+		{"ACL without header flag", "honggfuzz-bigfile-with-acl.cfs", func(l *layout, b []byte) []byte {
+			b[8] &^= cfsFlagHasACL
+			return b
+		}, "lacks the HAS_ACL flag"},
 		{"chunk with data", "bigfile.cfs", func(l *layout, b []byte) []byte {
 			ino := l.inode("bigfile")
 			put32(b, ino.tailOff, 7)

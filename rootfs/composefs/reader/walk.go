@@ -280,6 +280,10 @@ func (img *Image) entry(ino *inode, path string) (*Entry, error) {
 		return nil, wrap(err)
 	}
 	for _, x := range raw {
+		if !img.HasACL() && (x.name == "system.posix_acl_access" || x.name == "system.posix_acl_default") {
+			// mount.composefs mounts such images with noacl, hiding it.
+			return nil, wrap(corrupt("%s: has %s but the composefs header lacks the HAS_ACL flag", ino.where(), x.name))
+		}
 		e.RawXattrs = append(e.RawXattrs, Xattr{Name: x.name, Value: x.value})
 		if err := e.addXattr(x); err != nil {
 			return nil, wrap(fmt.Errorf("%s: %w", ino.where(), err))
