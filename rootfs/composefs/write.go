@@ -256,8 +256,10 @@ func (w *winode) setXattr(key string, value []byte) error {
 	if len(w.xattrs) == 0 {
 		entry += xattrHeaderSize
 	}
-	if sum := w.acct + entry; sum < 0 || sum > MaxInodeXattrSize {
-		return fmt.Errorf("%s: cannot set xattr %s: the node's xattrs exceed %d bytes (mkcomposefs fails the same way)", w.path(), key, MaxInodeXattrSize)
+	if sum := w.acct + entry; sum < 0 {
+		return fmt.Errorf("%s: cannot set xattr %s: it replaces a longer value the tree gave it, which libcomposefs' xattr accounting rejects (mkcomposefs fails the same way, with ERANGE)", w.path(), key)
+	} else if sum > MaxInodeXattrSize {
+		return fmt.Errorf("%s: cannot set xattr %s: the node's xattrs would exceed %d bytes", w.path(), key, MaxInodeXattrSize)
 	}
 	w.acct += entry
 	w.xattrs = append(w.xattrs, Xattr{Key: key, Value: value})
