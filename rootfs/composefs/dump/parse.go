@@ -505,8 +505,9 @@ func (p *parser) parseXattr(n *composefs.Node, field []byte, acct *xattrAccount)
 }
 
 // add puts n at path (tree_add_node).
-func (p *parser) add(path string, n *composefs.Node, isLink bool) error {
-	if path == "/" {
+func (p *parser) add(fullPath string, n *composefs.Node, isLink bool) error {
+	path := short(fullPath) // for messages
+	if fullPath == "/" {
 		if !n.IsDir() {
 			return errors.New("the root \"/\" must be a directory")
 		}
@@ -519,7 +520,7 @@ func (p *parser) add(path string, n *composefs.Node, isLink bool) error {
 	if p.root == nil {
 		return fmt.Errorf("%s: the first line must be the root directory \"/\"", path)
 	}
-	parts := splitPath(path)
+	parts := splitPath(fullPath)
 	dir := p.root
 	for _, c := range parts[:len(parts)-1] {
 		next := dir.Lookup(c)
@@ -555,6 +556,14 @@ func (p *parser) add(path string, n *composefs.Node, isLink bool) error {
 	return nil
 }
 
+// short shortens a path for an error message.
+func short(path string) string {
+	if len(path) > 200 {
+		return path[:100] + "…" + path[len(path)-100:]
+	}
+	return path
+}
+
 // lookup finds the node at path (lookup_path): empty components are
 // skipped.
 func (p *parser) lookup(path string) *composefs.Node {
@@ -588,10 +597,10 @@ func (p *parser) resolveLinks() error {
 		}
 		t := p.lookup(*h.target)
 		if t == nil {
-			return nil, &Error{h.line, fmt.Errorf("hard link target %s does not exist", *h.target)}
+			return nil, &Error{h.line, fmt.Errorf("hard link target %s does not exist", short(*h.target))}
 		}
 		if t == h.node {
-			return nil, &Error{h.line, fmt.Errorf("hard link %s points to itself", *h.target)}
+			return nil, &Error{h.line, fmt.Errorf("hard link %s points to itself", short(*h.target))}
 		}
 		if th, ok := p.isLink[t]; ok {
 			var err error
@@ -600,7 +609,7 @@ func (p *parser) resolveLinks() error {
 			}
 		}
 		if t.IsDir() {
-			return nil, &Error{h.line, fmt.Errorf("hard link target %s is a directory", *h.target)}
+			return nil, &Error{h.line, fmt.Errorf("hard link target %s is a directory", short(*h.target))}
 		}
 		final[h] = t
 		return t, nil
