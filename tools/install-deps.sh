@@ -25,6 +25,7 @@ declare -A want=(
 	[zstd]=zstd
 	[gcc]=gcc
 	[jq]=jq
+	[debootstrap]=debootstrap # make demo and TestDemo build a Debian root
 )
 missing=()
 for cmd in "${!want[@]}"; do
