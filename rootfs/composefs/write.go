@@ -160,13 +160,21 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func hasWhiteout(n *Node) bool {
-	for _, e := range n.entries {
-		if e.Node.IsWhiteout() {
-			return true
-		}
-		if e.Node.IsDir() && hasWhiteout(e.Node) {
-			return true
+// hasWhiteout reports whether the tree under root has a whiteout. A
+// directory has one name, so only root can be met twice (a cycle that
+// build reports); it is not entered again.
+func hasWhiteout(root *Node) bool {
+	stack := []*Node{root}
+	for len(stack) > 0 {
+		n := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		for _, e := range n.entries {
+			if e.Node.IsWhiteout() {
+				return true
+			}
+			if e.Node.IsDir() && e.Node != root {
+				stack = append(stack, e.Node)
+			}
 		}
 	}
 	return false
@@ -285,44 +293,44 @@ type builder struct {
 }
 
 // checkNode validates what the C library validates when a node is created
-// or written, with errors naming the path.
-func checkNode(path string, n *Node) error {
+// or written; the caller adds the path to the error.
+func checkNode(n *Node) error {
 	switch n.Type() {
 	case ModeRegular:
 		if len(n.Content) > 0 {
 			if len(n.Content) > MaxInlineContent {
-				return fmt.Errorf("%s: inline content is %d bytes, at most %d allowed", path, len(n.Content), MaxInlineContent)
+				return fmt.Errorf("inline content is %d bytes, at most %d allowed", len(n.Content), MaxInlineContent)
 			}
 			if uint64(len(n.Content)) != n.Size {
-				return fmt.Errorf("%s: inline content is %d bytes but size is %d", path, len(n.Content), n.Size)
+				return fmt.Errorf("inline content is %d bytes but size is %d", len(n.Content), n.Size)
 			}
 		} else if n.Size > 0 {
 			if _, count := chunking(n.Size); count > maxChunks {
-				return fmt.Errorf("%s: file size %d is too big for composefs (at most %d bytes)", path, n.Size, uint64(MaxFileSize))
+				return fmt.Errorf("file size %d is too big for composefs (at most %d bytes)", n.Size, uint64(MaxFileSize))
 			}
 		}
 		if len(n.Payload) > MaxSymlinkLen {
-			return fmt.Errorf("%s: payload is %d bytes, at most %d allowed", path, len(n.Payload), MaxSymlinkLen)
+			return fmt.Errorf("payload is %d bytes, at most %d allowed", len(n.Payload), MaxSymlinkLen)
 		}
 		if strings.IndexByte(n.Payload, 0) >= 0 {
-			return fmt.Errorf("%s: payload contains a NUL byte", path)
+			return errors.New("payload contains a NUL byte")
 		}
 		if n.Digest != nil && len(n.Digest) != DigestSize {
-			return fmt.Errorf("%s: digest is %d bytes, want %d (fs-verity SHA-256)", path, len(n.Digest), DigestSize)
+			return fmt.Errorf("digest is %d bytes, want %d (fs-verity SHA-256)", len(n.Digest), DigestSize)
 		}
 	case ModeSymlink:
 		if n.Payload == "" {
-			return fmt.Errorf("%s: symlink has an empty target", path)
+			return errors.New("symlink has an empty target")
 		}
 		if len(n.Payload) > MaxSymlinkLen {
-			return fmt.Errorf("%s: symlink target is %d bytes, at most %d allowed", path, len(n.Payload), MaxSymlinkLen)
+			return fmt.Errorf("symlink target is %d bytes, at most %d allowed", len(n.Payload), MaxSymlinkLen)
 		}
 		if strings.IndexByte(n.Payload, 0) >= 0 {
-			return fmt.Errorf("%s: symlink target contains a NUL byte", path)
+			return errors.New("symlink target contains a NUL byte")
 		}
 	case ModeDir, ModeCharDev, ModeBlockDev, ModeFIFO, ModeSocket:
 	default:
-		return fmt.Errorf("%s: invalid file type in mode %o", path, n.Mode)
+		return fmt.Errorf("invalid file type in mode %o", n.Mode)
 	}
 	return CheckXattrs(n.Xattrs)
 }
@@ -336,8 +344,11 @@ func CheckXattrs(xattrs []Xattr) error {
 		return nil
 	}
 	total := xattrHeaderSize
-	seen := make(map[string]struct{}, len(xattrs))
-	for _, x := range xattrs {
+	var seen map[string]struct{}
+	if len(xattrs) > 8 {
+		seen = make(map[string]struct{}, len(xattrs))
+	}
+	for i, x := range xattrs {
 		if x.Key == "" || len(x.Key) > MaxXattrKeyLen {
 			return fmt.Errorf("xattr name %.40q is %d bytes, must be 1..%d", x.Key, len(x.Key), MaxXattrKeyLen)
 		}
@@ -347,10 +358,18 @@ func CheckXattrs(xattrs []Xattr) error {
 		if len(x.Value) > MaxXattrValueLen {
 			return fmt.Errorf("xattr %s: value is %d bytes, at most %d allowed", x.Key, len(x.Value), MaxXattrValueLen)
 		}
-		if _, dup := seen[x.Key]; dup {
+		dup := false
+		if seen != nil {
+			_, dup = seen[x.Key]
+			seen[x.Key] = struct{}{}
+		} else {
+			for _, y := range xattrs[:i] {
+				dup = dup || y.Key == x.Key
+			}
+		}
+		if dup {
 			return fmt.Errorf("xattr %s is set twice", x.Key)
 		}
-		seen[x.Key] = struct{}{}
 		total += xattrEntryOverhead + len(x.Key) + len(x.Value)
 		if total > MaxInodeXattrSize {
 			return fmt.Errorf("xattrs exceed %d bytes (at %s)", MaxInodeXattrSize, x.Key)
@@ -366,8 +385,8 @@ func CheckXattrs(xattrs []Xattr) error {
 func (b *builder) newInode(n *Node, parent *winode, name string) (*winode, error) {
 	w := &winode{node: n, parent: parent, name: name, mode: n.Mode, nlink: n.Nlink,
 		uid: n.UID, gid: n.GID, rdev: n.Rdev, size: n.Size, mtime: n.Mtime}
-	if err := checkNode(w.path(), n); err != nil {
-		return nil, err
+	if err := checkNode(n); err != nil {
+		return nil, fmt.Errorf("%s: %w", w.path(), err)
 	}
 	if len(n.Xattrs) > 0 {
 		w.xattrs = make([]Xattr, len(n.Xattrs), len(n.Xattrs)+2)
