@@ -85,7 +85,11 @@ func (d *dumper) node(path string, n *composefs.Node) {
 	}
 	b := appendEscaped(d.buf[:0], path, 0)
 	b = append(b, ' ')
-	b = strconv.AppendUint(b, n.Size, 10)
+	size := n.Size
+	if n.Type() == composefs.ModeSymlink {
+		size = uint64(len(n.Payload)) // what an image stores
+	}
+	b = strconv.AppendUint(b, size, 10)
 	b = append(b, ' ')
 	if isLink {
 		b = append(b, '@')
