@@ -6,6 +6,11 @@
 //
 // It reports raw observations (command outputs, file contents); the host
 // judges them, so a check cannot pass because the guest said so.
+//
+// In the minimal demo root (DEMO_ROOT=minimal) it is the image's only
+// program and runs as PID 1 itself: it reports the same observations it
+// can make without systemd and tpm2-tools (PCRs through go-tpm), then
+// powers off.
 package main
 
 import (
@@ -20,6 +25,9 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/vmtests/guest"
 )
 
@@ -27,9 +35,17 @@ import (
 const ServiceName = "cfsroot-demo-report.service"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		// Executed by reportIPE: reaching this line means the kernel let it run.
+		os.Exit(0)
+	}
 	out := io.Writer(os.Stdout)
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		out = f
+	}
+	if os.Getpid() == 1 {
+		minimal(out)
+		return
 	}
 	fmt.Fprintln(out, "cfsroot-demo-report: waiting for systemd to finish booting")
 
@@ -53,20 +69,7 @@ func main() {
 	active, err := command(time.Minute, "systemctl", "is-active", "multi-user.target", strings.TrimSpace(def))
 	guest.Check(out, "target", map[string]string{"default": strings.TrimSpace(def), "active": active}, err)
 
-	status, err := os.ReadFile("/run/cfsroot/status.json")
-	guest.Check(out, "status", map[string]string{"json": string(status)}, err)
-
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	root := ""
-	for _, l := range strings.Split(string(mounts), "\n") {
-		if f := strings.Fields(l); len(f) > 4 && f[4] == "/" {
-			root = l // the last one is the visible root
-		}
-	}
-	guest.Check(out, "root-mount", map[string]string{"mountinfo": root}, err)
-
-	evlog, err := os.ReadFile("/run/log/systemd/tpm2-measure.log")
-	guest.Check(out, "eventlog", map[string]string{"base64": base64.StdEncoding.EncodeToString(evlog)}, err)
+	reportBoot(out)
 
 	// Two independent readers of PCR 15: tpm2-tools and systemd.
 	pcrread, err := command(time.Minute, "tpm2_pcrread", "sha1:15+sha256:15+sha384:15+sha512:15")
@@ -89,9 +92,52 @@ func main() {
 	}
 }
 
-// reportIPE reports the IPE state from securityfs (systemd mounts it at
-// /sys/kernel/security) and, when IPE enforces, tries to execute a copy of
-// a binary that is outside the signed image: the kernel must refuse it.
+// minimal is the report of the minimal root, where this program is PID 1.
+func minimal(out io.Writer) {
+	fmt.Fprintln(out, "cfsroot-demo-report: running as PID 1 of the minimal root")
+	exe, err := os.Readlink("/proc/self/exe")
+	guest.Check(out, "pid1", map[string]string{"exe": exe, "comm": "cfsroot-demo-report"}, err)
+	reportBoot(out)
+	ctx := context.Background()
+	data := map[string]string{}
+	m, err := measure.Open(ctx, "")
+	if err == nil {
+		var vals map[measure.Alg][]byte
+		vals, err = m.Read(ctx, measure.DefaultPCR)
+		for a, v := range vals {
+			data[a.String()] = fmt.Sprintf("%x", v)
+		}
+		m.Close()
+	}
+	guest.Check(out, "pcr", data, err)
+	reportIPE(out)
+	guest.Check(out, "report-done", nil, nil)
+	unix.Sync()
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// reportBoot reports cfsroot's status file, the root mount and the event log.
+func reportBoot(out io.Writer) {
+	status, err := os.ReadFile("/run/cfsroot/status.json")
+	guest.Check(out, "status", map[string]string{"json": string(status)}, err)
+
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	root := ""
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == "/" {
+			root = l // the last one is the visible root
+		}
+	}
+	guest.Check(out, "root-mount", map[string]string{"mountinfo": root}, err)
+
+	evlog, err := os.ReadFile("/run/log/systemd/tpm2-measure.log")
+	guest.Check(out, "eventlog", map[string]string{"base64": base64.StdEncoding.EncodeToString(evlog)}, err)
+}
+
+// reportIPE reports the IPE state from securityfs (cfsroot's init mounts
+// it, and it moves with /sys into the new root) and, when IPE enforces,
+// executes this program from the image (allowed) and a copy of it on tmpfs,
+// outside the signed image: the kernel must refuse the copy.
 func reportIPE(out io.Writer) {
 	const dir = "/sys/kernel/security/ipe"
 	data := map[string]string{}
@@ -115,15 +161,26 @@ func reportIPE(out io.Writer) {
 	if data["enforce"] != "1" || data["active"] == "" {
 		return
 	}
+	self, err := os.Executable()
+	r := map[string]string{"path": self}
+	if err == nil {
+		err = exec.Command(self, "probe").Run()
+	}
+	if err != nil {
+		r["error"] = err.Error()
+	}
+	guest.Check(out, "ipe-exec-image", r, nil)
+
 	// /run is a tmpfs, not the signed image: no rule can match this copy.
-	src, err := os.ReadFile("/usr/bin/true")
+	const cp = "/run/cfsroot-demo-copy"
+	src, err := os.ReadFile(self)
 	if err == nil {
-		err = os.WriteFile("/run/cfsroot-demo-true", src, 0o755)
+		err = os.WriteFile(cp, src, 0o755)
 	}
 	if err == nil {
-		err = exec.Command("/run/cfsroot-demo-true").Run()
+		err = exec.Command(cp, "probe").Run()
 	}
-	r := map[string]string{}
+	r = map[string]string{"path": cp}
 	if err != nil {
 		r["error"] = err.Error()
 	}
