@@ -21,7 +21,7 @@ func init() {
 	register(&command{
 		name: "mkimage",
 		args: "[--digest-store DIR] [--use-epoch] [--min-version N] [--max-version N] [--from-file] " +
-			"[--skip-xattrs] [--user-xattrs] [--skip-devices] [--threads N] [--print-digest] [--print-digest-only] SOURCE [IMAGE]",
+			"[--skip-xattrs] [--user-xattrs] [--skip-devices] [--external-exec] [--threads N] [--print-digest] [--print-digest-only] SOURCE [IMAGE]",
 		summary: "build a composefs image from a directory or a dump file, byte for byte as mkcomposefs 1.0.8 does",
 		run:     runMkimage,
 	})
@@ -210,12 +210,16 @@ type progressLine struct {
 }
 
 func (p *progressLine) update(pr composefs.Progress) {
-	pct := 100.0
-	if pr.TotalBytes > 0 {
-		pct = 100 * float64(pr.Bytes) / float64(pr.TotalBytes)
+	state := "reading the tree"
+	if !pr.Scanning {
+		pct := 100.0
+		if pr.TotalBytes > 0 {
+			pct = 100 * float64(pr.Bytes) / float64(pr.TotalBytes)
+		}
+		state = fmt.Sprintf("%.0f%%", pct)
 	}
-	fmt.Fprintf(p.w, "\rmkimage: %d/%d files, %.1f/%.1f MiB (%.0f%%)\x1b[K",
-		pr.Files, pr.TotalFiles, float64(pr.Bytes)/(1<<20), float64(pr.TotalBytes)/(1<<20), pct)
+	fmt.Fprintf(p.w, "\rmkimage: %d/%d files, %.1f/%.1f MiB digested (%s)\x1b[K",
+		pr.Files, pr.TotalFiles, float64(pr.Bytes)/(1<<20), float64(pr.TotalBytes)/(1<<20), state)
 	p.shown = true
 }
 

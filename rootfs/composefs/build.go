@@ -41,10 +41,14 @@ type BuildOptions struct {
 	Progress func(Progress)
 }
 
-// Progress reports how far FromDir has got digesting file contents.
+// Progress reports how far FromDir has got reading file contents: Files of
+// TotalFiles regular files read, Bytes of TotalBytes in external files
+// digested. While Scanning, the tree is still being walked and the totals
+// still grow.
 type Progress struct {
 	Files, TotalFiles int
 	Bytes, TotalBytes int64
+	Scanning          bool
 }
 
 // FromDir reads the tree under dir as `mkcomposefs DIR IMAGE` does: every
@@ -62,7 +66,6 @@ func FromDir(dir string, opts *BuildOptions) (*Node, error) {
 	if opts.SkipXattrs && opts.UserXattrs {
 		return nil, errors.New("composefs: SkipXattrs and UserXattrs exclude each other")
 	}
-	b := &dirBuilder{opts: opts}
 	var st unix.Stat_t
 	if err := unix.Lstat(dir, &st); err != nil {
 		return nil, fmt.Errorf("composefs: %s: %w", dir, err)
@@ -70,24 +73,41 @@ func FromDir(dir string, opts *BuildOptions) (*Node, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return nil, fmt.Errorf("composefs: %s is not a directory", dir)
 	}
+	// Files are read by workers while the tree is still being walked.
+	b := &dirBuilder{opts: opts, jobs: make(chan *fileJob, 4096)}
+	b.startWorkers()
 	root, err := b.node(dir, &st)
+	if err == nil {
+		err = b.walk(dir, root)
+	}
 	if err != nil {
-		return nil, err
+		b.failed.Store(true) // workers: drop the queued files
 	}
-	if err := b.walk(dir, root); err != nil {
-		return nil, err
+	if werr := b.finish(); werr != nil {
+		err = werr // the worker's error explains an early stop
 	}
-	if err := b.digestAll(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return root, nil
 }
 
 type dirBuilder struct {
-	opts       *BuildOptions
-	files      []fileJob
-	totalBytes int64
-	xbuf       []byte
+	opts *BuildOptions
+	xbuf []byte // listxattr buffer of the walker
+
+	jobs       chan *fileJob
+	wg         sync.WaitGroup
+	failed     atomic.Bool
+	errMu      sync.Mutex
+	firstErr   error
+	totalFiles atomic.Int64
+	totalBytes atomic.Int64
+	doneFiles  atomic.Int64
+	doneBytes  atomic.Int64
+	walked     atomic.Bool
+	stopProg   chan struct{}
+	progWG     sync.WaitGroup
 }
 
 // fileJob is a regular file whose content must be read: inlined or
@@ -136,10 +156,14 @@ func (b *dirBuilder) node(path string, st *unix.Stat_t) (*Node, error) {
 			return nil, fmt.Errorf("composefs: %s: %d bytes is too big for composefs (at most %d)", path, n.Size, uint64(MaxFileSize))
 		}
 		if n.Size > 0 {
-			b.files = append(b.files, fileJob{path: path, node: n, st: keyOf(st)})
-			if !b.inline(n) {
-				b.totalBytes += int64(n.Size)
+			if b.failed.Load() {
+				return nil, errStopped
 			}
+			b.totalFiles.Add(1)
+			if !b.inline(n) {
+				b.totalBytes.Add(int64(n.Size))
+			}
+			b.jobs <- &fileJob{path: path, node: n, st: keyOf(st)}
 		}
 	}
 	if !b.opts.SkipXattrs {
@@ -256,78 +280,79 @@ func (b *dirBuilder) walk(path string, dir *Node) error {
 	return nil
 }
 
-// digestAll reads the regular files: inlines the small ones, digests (and
-// stores) the others, in parallel.
-func (b *dirBuilder) digestAll() error {
+// errStopped ends the walk early when a worker has failed; the worker's
+// error is the one reported.
+var errStopped = errors.New("stopped")
+
+// startWorkers starts the goroutines that read the regular files the walk
+// finds: they inline the small ones and digest (and store) the others.
+func (b *dirBuilder) startWorkers() {
 	threads := b.opts.Threads
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	var (
-		next      atomic.Int64
-		doneFiles atomic.Int64
-		doneBytes atomic.Int64
-		failed    atomic.Bool
-		errMu     sync.Mutex
-		firstErr  error
-		wg        sync.WaitGroup
-	)
-	stop := make(chan struct{})
-	var progWG sync.WaitGroup
-	report := func() {
-		b.opts.Progress(Progress{Files: int(doneFiles.Load()), TotalFiles: len(b.files),
-			Bytes: doneBytes.Load(), TotalBytes: b.totalBytes})
-	}
 	if b.opts.Progress != nil {
-		progWG.Add(1)
+		b.stopProg = make(chan struct{})
+		b.progWG.Add(1)
 		go func() {
-			defer progWG.Done()
+			defer b.progWG.Done()
 			t := time.NewTicker(200 * time.Millisecond)
 			defer t.Stop()
 			for {
 				select {
-				case <-stop:
+				case <-b.stopProg:
 					return
 				case <-t.C:
-					report()
+					b.report()
 				}
 			}
 		}()
 	}
 	for range threads {
-		wg.Add(1)
+		b.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer b.wg.Done()
 			buf := make([]byte, 256<<10)
-			for !failed.Load() {
-				i := int(next.Add(1) - 1)
-				if i >= len(b.files) {
-					return
+			for j := range b.jobs {
+				if b.failed.Load() {
+					continue // drain the queue
 				}
-				j := &b.files[i]
 				if err := b.readFile(j, buf); err != nil {
-					errMu.Lock()
-					if firstErr == nil {
-						firstErr = err
+					b.errMu.Lock()
+					if b.firstErr == nil {
+						b.firstErr = err
 					}
-					errMu.Unlock()
-					failed.Store(true)
-					return
+					b.errMu.Unlock()
+					b.failed.Store(true)
+					continue
 				}
-				doneFiles.Add(1)
+				b.doneFiles.Add(1)
 				if !b.inline(j.node) {
-					doneBytes.Add(int64(j.node.Size))
+					b.doneBytes.Add(int64(j.node.Size))
 				}
 			}
 		}()
 	}
-	wg.Wait()
-	close(stop)
-	progWG.Wait()
-	if b.opts.Progress != nil && firstErr == nil {
-		report()
+}
+
+func (b *dirBuilder) report() {
+	b.opts.Progress(Progress{Files: int(b.doneFiles.Load()), TotalFiles: int(b.totalFiles.Load()),
+		Bytes: b.doneBytes.Load(), TotalBytes: b.totalBytes.Load(), Scanning: !b.walked.Load()})
+}
+
+// finish waits for the workers and returns the first error one had.
+func (b *dirBuilder) finish() error {
+	b.walked.Store(true)
+	close(b.jobs)
+	b.wg.Wait()
+	if b.stopProg != nil {
+		close(b.stopProg)
+		b.progWG.Wait()
+		if b.firstErr == nil {
+			b.report()
+		}
 	}
-	return firstErr
+	return b.firstErr
 }
 
 var errChanged = errors.New("file changed while it was read; build again from a quiescent tree")

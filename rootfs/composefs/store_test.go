@@ -111,3 +111,17 @@ func TestFromDirProgress(t *testing.T) {
 		t.Errorf("last progress %+v after %d calls, want %+v", last, calls, want)
 	}
 }
+
+// TestFromDirReadError: a file that reads short of its size (sysfs files
+// claim 4096 bytes) stops the build with an error naming it, from a worker
+// while the walk is still going.
+func TestFromDirReadError(t *testing.T) {
+	dir := "/sys/kernel/mm"
+	if _, err := os.Stat(dir); err != nil {
+		t.Skipf("%s: %v (no sysfs here)", dir, err)
+	}
+	_, err := composefs.FromDir(dir, &composefs.BuildOptions{SkipXattrs: true})
+	if err == nil || !strings.Contains(err.Error(), "changed while it was read") || !strings.Contains(err.Error(), dir+"/") {
+		t.Errorf("got %v", err)
+	}
+}
