@@ -56,11 +56,14 @@ const (
 )
 
 // Parse reads composefs dump text (as mkcomposefs --from-file does) and
-// returns the root of the tree it describes. It accepts what mkcomposefs
-// accepts, except that numbers must be plain decimal (octal for MODE) and fit
-// their field, digests must be 64 hex digits, and names, paths and xattr
-// names cannot contain NUL (mkcomposefs would silently truncate or wrap
-// them). opts nil means non-strict.
+// returns the root of the tree it describes; errors name the line. It
+// accepts what mkcomposefs accepts, with these exceptions, all places where
+// mkcomposefs would silently store something else than the text says:
+// numbers must be plain decimal (octal for MODE; a leading "-" only for
+// MTIME seconds) and fit their field (UID, GID, NLINK, RDEV and MTIME
+// nanoseconds 32 bits); DIGEST must be 64 hex digits (an empty field only
+// where no digest is used); paths, payloads and xattr names cannot contain
+// NUL; a line is at most MaxLineLen bytes. opts nil means non-strict.
 func Parse(r io.Reader, opts *Options) (*composefs.Node, error) {
 	p := &parser{strict: opts != nil && opts.Strict}
 	br := bufio.NewReaderSize(r, 64<<10)
