@@ -8,6 +8,7 @@ package dump
 import (
 	"bufio"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"strconv"
 
@@ -56,7 +57,7 @@ func appendEscaped(b []byte, s string, mode int) []byte {
 // entry and as an "@" line pointing at that path at the others.
 func Write(w io.Writer, root *composefs.Node) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
-	d := &dumper{w: bw, seen: map[*composefs.Node]string{}}
+	d := &dumper{w: bw, root: root, seen: map[*composefs.Node]string{}}
 	d.node("/", root)
 	if d.err != nil {
 		return d.err
@@ -66,6 +67,7 @@ func Write(w io.Writer, root *composefs.Node) error {
 
 type dumper struct {
 	w    *bufio.Writer
+	root *composefs.Node
 	buf  []byte
 	seen map[*composefs.Node]string // hard-linked nodes already printed, by path
 	err  error
@@ -148,6 +150,12 @@ func (d *dumper) node(path string, n *composefs.Node) {
 		prefix = ""
 	}
 	for _, e := range n.Entries() {
+		if e.Node == d.root {
+			// A directory has one name, so only the root can be met
+			// again: the tree is a cycle, which no image can hold.
+			d.err = fmt.Errorf("dump: %s/%s is the root directory again (a cycle)", prefix, e.Name)
+			return
+		}
 		d.node(prefix+"/"+e.Name, e.Node)
 	}
 }

@@ -151,3 +151,17 @@ func TestParseNonStrict(t *testing.T) {
 		}
 	}
 }
+
+func TestWriteCycle(t *testing.T) {
+	root := composefs.NewNode(composefs.ModeDir | 0o755)
+	sub := composefs.NewNode(composefs.ModeDir | 0o755)
+	if err := root.Add("sub", sub); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Add("loop", root); err != nil {
+		t.Fatal(err)
+	}
+	if err := dump.Write(io.Discard, root); err == nil || !strings.Contains(err.Error(), "/sub/loop is the root directory again") {
+		t.Errorf("got %v", err)
+	}
+}
