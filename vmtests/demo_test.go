@@ -61,7 +61,7 @@ WantedBy=multi-user.target
 // signer, and that PCR 15 as tpm2_pcrread and systemd-analyze read it in the
 // guest equals `cfsroot pcr predict` and the replayed event log.
 //
-// It is slow (debootstrap 2-3 minutes once, then about ten minutes under
+// It is slow (debootstrap 0.5-2.5 minutes once, then 1-2 minutes under
 // TCG), so it runs only when asked: CFSROOT_DEMO_TEST=1 (builds or reuses
 // the cached root), or CFSROOT_DEMO_ROOT=DIR (a root tree of your own that
 // has systemd and tpm2-tools). CFSROOT_DEMO_OUT=DIR keeps the keys, image,
@@ -70,7 +70,7 @@ WantedBy=multi-user.target
 // upper layer.
 //
 // CFSROOT_DEMO_ROOT=minimal boots, instead of Debian, a root whose only
-// program is the report program, as PID 1 (about a minute, no debootstrap):
+// program is the report program, as PID 1 (about 25 s, no debootstrap):
 // its IPE policy fits the kernel's limit, so it also shows the policy
 // loaded and enforced — the image's program runs, a copy of it on tmpfs
 // does not.
@@ -205,7 +205,7 @@ func runDemo(t *testing.T, root string) {
 	// 9. Provisioning boot: enable fs-verity on the image and every object,
 	// as an installer running the target kernel would.
 	t0 = time.Now()
-	say("provisioning boot: enabling fs-verity on %d files in a VM (TCG; a few minutes)", nObjects+2)
+	say("provisioning boot: enabling fs-verity on %d files in a VM (TCG; about half a minute)", nObjects+2)
 	provision := vm.BuildStatic(t, "./vmtests/internal/provision")
 	pinit := vm.Initramfs(t, initramfs.Spec{Init: provision, ModuleDir: k.Modules, Modules: vm.BootModules})
 	pres := vm.Boot(t, vm.Options{Name: "demo-provision", Kernel: k.Image, Initramfs: pinit,
@@ -222,7 +222,7 @@ func runDemo(t *testing.T, root string) {
 
 	// 10. The boot.
 	t0 = time.Now()
-	say("booting the signed Debian root through cfsroot (TCG; a few minutes)")
+	say("booting the signed root through cfsroot with a TPM (TCG; up to a minute or two)")
 	// Through UEFI firmware (OVMF): systemd-analyze pcrs wants a TPM the
 	// firmware announces, as on real hardware, and IPE's policy signer is
 	// enrolled in its db.
