@@ -31,11 +31,22 @@ bytes=$(xargs -0 -a "$tmp/files" cat 2>/dev/null | wc -c) # also warms the page 
 # /usr/bin/time prints: wall seconds, user+system CPU seconds, peak RSS (KB).
 measure() { /usr/bin/time -f '%e %U %S %M' -o "$tmp/time" "$@" >/dev/null; read -r e u s m <"$tmp/time"; echo "$e $(echo "$u + $s" | bc -l) $m"; }
 best() { if [ -z "$1" ] || [ "$(echo "$2 < $1" | bc -l)" = 1 ]; then echo "$2"; else echo "$1"; fi; }
-mk_wall="" mk_cpu="" fv_wall="" fv_cpu="" rss=0
+# The reference mkcomposefs, if fetched (tools/fetch-mkcomposefs.sh), is
+# timed too and its image compared with ours.
+ref=$top/.cache/composefs-sid/bin/mkcomposefs
+[ -x "$ref" ] || ref=""
+mk_wall="" mk_cpu="" fv_wall="" fv_cpu="" c_wall="" c_cpu="" rss=0
 for i in $(seq "$runs"); do
 	read -r w c m < <(measure "$tmp/cfsroot" mkimage --threads "$threads" "$dir" "$tmp/img.cfs")
 	read -r fw fc _ < <(measure xargs -0 -a "$tmp/files" fsverity digest)
-	printf 'run %d: mkimage %.2f s (%.2f s CPU, %d MB), fsverity digest %.2f s (%.2f s CPU)\n' "$i" "$w" "$c" "$((m / 1024))" "$fw" "$fc"
+	printf 'run %d: mkimage %.2f s (%.2f s CPU, %d MB), fsverity digest %.2f s (%.2f s CPU)' "$i" "$w" "$c" "$((m / 1024))" "$fw" "$fc"
+	if [ -n "$ref" ]; then
+		read -r cw cc _ < <(measure "$ref" --threads="$threads" "$dir" "$tmp/ref.cfs")
+		printf ', mkcomposefs %.2f s (%.2f s CPU)' "$cw" "$cc"
+		c_wall=$(best "$c_wall" "$cw") c_cpu=$(best "$c_cpu" "$cc")
+		cmp -s "$tmp/img.cfs" "$tmp/ref.cfs" && printf ', same image' || printf ', IMAGES DIFFER'
+	fi
+	echo
 	mk_wall=$(best "$mk_wall" "$w") mk_cpu=$(best "$mk_cpu" "$c") fv_wall=$(best "$fv_wall" "$fw") fv_cpu=$(best "$fv_cpu" "$fc")
 	[ "$m" -gt "$rss" ] && rss=$m
 done
@@ -43,4 +54,5 @@ printf '%s: %d entries, %d files digested, %.2f GB; mkimage --threads %d; load a
 	"$dir" "$entries" "$files" "$(echo "$bytes / 1000000000" | bc -l)" "$threads" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'wall: mkimage %.2f s, fsverity digest %.2f s, ratio %.2f (goal <= 1.0)\n' "$mk_wall" "$fv_wall" "$(echo "$mk_wall / $fv_wall" | bc -l)"
 printf 'CPU:  mkimage %.2f s, fsverity digest %.2f s, ratio %.2f\n' "$mk_cpu" "$fv_cpu" "$(echo "$mk_cpu / $fv_cpu" | bc -l)"
+[ -n "$ref" ] && printf 'mkcomposefs 1.0.8: %.2f s wall, %.2f s CPU\n' "$c_wall" "$c_cpu"
 printf 'mkimage peak RSS %d MB (goal < 300 MB); image %d bytes\n' "$((rss / 1024))" "$(stat -c %s "$tmp/img.cfs")"
