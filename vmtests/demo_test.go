@@ -20,6 +20,8 @@ import (
 	"github.com/cfsroot/cfsroot/initramfs"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
+	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/vm"
 )
 
@@ -119,6 +121,8 @@ func runDemo(t *testing.T, root string) {
 		runCmd(t, "cp", "-a", root, tree)
 		installReporter(t, tree, reporter)
 	}
+	// A file whose object will be damaged on the disk (see below).
+	write(t, filepath.Join(tree, demoTampered), demoTamperedContent)
 	phase("root tree", t0)
 
 	// 3. Keys: throwaway, made here, never committed.
@@ -142,6 +146,18 @@ func runDemo(t *testing.T, root string) {
 		t.Fatalf("cfsroot mkimage printed %s, fsverity digest says %s", digest, fv)
 	}
 	nObjects := countFiles(t, objects)
+	// Damage one object after the image was made and signed, keeping its
+	// size: the disk now holds content the image does not describe, as after
+	// an offline attack on the disk. Provisioning enables fs-verity on the
+	// damaged content, so only overlayfs' verity=require check can catch it.
+	d, err := verity.DigestReader(bytes.NewReader(demoTamperedContent), verity.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := filepath.Join(objects, composefs.ObjectPath(d.Sum))
+	if err := os.WriteFile(obj, bytes.ToUpper(demoTamperedContent), 0o644); err != nil {
+		t.Fatalf("damage the object of %s: %v", demoTampered, err)
+	}
 	say("image %s: %s, %d objects", img, digest, nObjects)
 	phase("cfsroot mkimage --digest-store", t0)
 
@@ -256,6 +272,9 @@ func runDemo(t *testing.T, root string) {
 		"%s from %s", st.Digest, st.DigestSource)
 	c.check("signature verified by the init", st.VerifiedBy == "signature" && st.Signer == "CN="+demoSignerCN,
 		"signer %s (sha256 %s)", st.Signer, st.SignerSHA256)
+	tr, ok := res.Result("read-tampered")
+	c.check("an object changed on disk after signing reads as EIO", ok && strings.Contains(tr.Error, "input/output error"),
+		"%s: %s", demoTampered, orOK(tr.Error))
 	mi := r["root-mount"].Data["mountinfo"]
 	c.check("root is overlay, verity=require, upper "+upper, strings.Contains(mi, " overlay ") &&
 		strings.Contains(mi, "verity=require") && st.Upper == upper, "%s", lastFields(mi, 3))
@@ -432,6 +451,11 @@ func installReporter(t *testing.T, tree, reporter string) {
 		t.Fatal(err)
 	}
 }
+
+// demoTampered is a file of the demo root whose object the test damages.
+const demoTampered = "/usr/share/cfsroot-demo/tampered.txt"
+
+var demoTamperedContent = bytes.Repeat([]byte("cfsroot demo: this file's object is changed on disk after signing\n"), 8)
 
 // minimalRoot makes a root whose only program is the report program, as
 // /sbin/init.

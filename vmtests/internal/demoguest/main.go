@@ -132,7 +132,14 @@ func reportBoot(out io.Writer) {
 
 	evlog, err := os.ReadFile("/run/log/systemd/tpm2-measure.log")
 	guest.Check(out, "eventlog", map[string]string{"base64": base64.StdEncoding.EncodeToString(evlog)}, err)
+
+	// The host damaged this file's object on the disk after signing.
+	_, err = os.ReadFile(tamperedFile)
+	guest.Check(out, "read-tampered", nil, err)
 }
+
+// tamperedFile is vmtests' demoTampered.
+const tamperedFile = "/usr/share/cfsroot-demo/tampered.txt"
 
 // reportIPE reports the IPE state from securityfs (cfsroot's init mounts
 // it, and it moves with /sys into the new root) and, when IPE enforces,
