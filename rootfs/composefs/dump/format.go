@@ -55,6 +55,10 @@ func appendEscaped(b []byte, s string, mode int) []byte {
 // entries in name order, xattrs in the order the nodes hold them. A node
 // named by several entries (a hard link) is printed in full at the first
 // entry and as an "@" line pointing at that path at the others.
+//
+// As with composefs-info, a file whose xattrs take more than 64 KiB once
+// escaped gives a line that Parse and mkcomposefs reject ("too many
+// xattrs").
 func Write(w io.Writer, root *composefs.Node) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	d := &dumper{w: bw, root: root, seen: map[*composefs.Node]string{}}

@@ -49,6 +49,12 @@ func FuzzParse(f *testing.F) {
 			t.Fatal(err)
 		}
 		root2, err := dump.Parse(bytes.NewReader(d1.Bytes()), &dump.Options{Strict: true})
+		if err != nil && strings.Contains(err.Error(), "too many xattrs") {
+			// Escaping can make the xattrs of a line longer than the
+			// 64 KiB mkcomposefs accepts (composefs-info dump has the
+			// same limitation).
+			return
+		}
 		if err != nil {
 			t.Fatalf("the dump of a parsed tree does not parse: %v\n%s", err, d1.Bytes())
 		}
