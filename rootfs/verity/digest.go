@@ -217,8 +217,8 @@ func DigestReader(r io.Reader, p Params) (Digest, error) {
 type onlyReader struct{ io.Reader }
 
 // Tree is a streaming fs-verity digest: write the file's content to it, then
-// call Digest. It holds one block per Merkle tree level, so memory use does
-// not grow with the file size.
+// call Digest, which finishes it (later writes fail). It holds one block per
+// Merkle tree level, so memory use does not grow with the file size.
 type Tree struct {
 	p          Params
 	h          hash.Hash
@@ -226,8 +226,15 @@ type Tree struct {
 	size       uint64
 	// levels[0] collects file data; levels[i>0] collect hashes of level i-1.
 	levels []level
-	sum    []byte // scratch for one hash
+	sum    []byte  // scratch for one hash
+	digest *Digest // set once finished
 }
+
+// errFinished is returned by Write after Digest.
+var errFinished = errors.New("fs-verity tree: write after Digest")
+
+// zeroBlock pads partial blocks.
+var zeroBlock [MaxBlockSize]byte
 
 type level struct {
 	buf    []byte // partial block
@@ -254,8 +261,11 @@ func NewTree(p Params) (*Tree, error) {
 	return t, nil
 }
 
-// Write adds file content; it never fails.
+// Write adds file content; it fails only after Digest.
 func (t *Tree) Write(b []byte) (int, error) {
+	if t.digest != nil {
+		return 0, errFinished
+	}
 	n := len(b)
 	t.size += uint64(n)
 	l := &t.levels[0]
@@ -285,7 +295,7 @@ func (t *Tree) hashBlock(block []byte) []byte {
 	t.h.Write(t.paddedSalt)
 	t.h.Write(block)
 	if pad := t.p.BlockSize - len(block); pad > 0 {
-		t.h.Write(make([]byte, pad))
+		t.h.Write(zeroBlock[:pad])
 	}
 	return t.h.Sum(t.sum[:0])
 }
@@ -308,20 +318,18 @@ func (t *Tree) completeBlock(i int, block []byte) {
 	}
 }
 
-// rootHash finishes the Merkle tree of everything written so far without
-// changing t, and returns its root hash: the hash of the only block of the
-// first level that has one (a file of one block has no tree blocks at all),
-// or all zeros for an empty file.
+// rootHash finishes the Merkle tree and returns its root hash: the hash of
+// the only block of the first level that has one (a file of one block has
+// no tree blocks at all), or all zeros for an empty file.
 func (t *Tree) rootHash() []byte {
 	if t.size == 0 {
 		return make([]byte, t.p.Algorithm.Size())
 	}
-	c := t.clone()
 	for i := 0; ; i++ {
-		l := &c.levels[i]
+		l := &t.levels[i]
 		if len(l.buf) > 0 {
-			c.completeBlock(i, l.buf)
-			l = &c.levels[i]
+			t.completeBlock(i, l.buf)
+			l = &t.levels[i]
 			l.buf = l.buf[:0]
 		}
 		if l.blocks == 1 {
@@ -330,27 +338,20 @@ func (t *Tree) rootHash() []byte {
 	}
 }
 
-func (t *Tree) clone() *Tree {
-	c := *t
-	c.h = t.p.Algorithm.new()
-	c.sum = make([]byte, 0, t.p.Algorithm.Size())
-	c.levels = make([]level, len(t.levels))
-	for i, l := range t.levels {
-		c.levels[i] = level{
-			buf:    append(make([]byte, 0, t.p.BlockSize), l.buf...),
-			blocks: l.blocks,
-			last:   append([]byte(nil), l.last...),
-		}
-	}
-	return &c
-}
-
 // descriptorSize is sizeof(struct fsverity_descriptor).
 const descriptorSize = 256
 
-// Digest returns the fs-verity digest of what was written so far: the hash
-// of the fsverity_descriptor that holds the Merkle tree root.
+// Digest finishes the tree and returns the fs-verity digest of what was
+// written: the hash of the fsverity_descriptor that holds the Merkle tree
+// root. Calling it again returns the same digest.
 func (t *Tree) Digest() Digest {
+	if t.digest == nil {
+		t.digest = &Digest{Algorithm: t.p.Algorithm, Sum: t.descriptorHash()}
+	}
+	return *t.digest
+}
+
+func (t *Tree) descriptorHash() []byte {
 	var d [descriptorSize]byte
 	d[0] = 1 // version
 	d[1] = byte(t.p.Algorithm)
@@ -362,7 +363,7 @@ func (t *Tree) Digest() Digest {
 	copy(d[80:112], t.p.Salt)
 	h := t.p.Algorithm.new()
 	h.Write(d[:])
-	return Digest{Algorithm: t.p.Algorithm, Sum: h.Sum(nil)}
+	return h.Sum(nil)
 }
 
 func log2(n int) int {

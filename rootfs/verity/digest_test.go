@@ -252,3 +252,18 @@ func BenchmarkDigest(b *testing.B) {
 	}
 }
 
+func TestTreeFinishes(t *testing.T) {
+	tree, _ := NewTree(Params{})
+	tree.Write([]byte("hello"))
+	d1 := tree.Digest()
+	if _, err := tree.Write([]byte("more")); err == nil {
+		t.Error("Write after Digest succeeded")
+	}
+	if d2 := tree.Digest(); !d1.Equal(d2) {
+		t.Errorf("second Digest %s differs from first %s", d2, d1)
+	}
+	want, _ := DigestReader(strings.NewReader("hello"), Params{})
+	if !d1.Equal(want) {
+		t.Errorf("Tree digest %s, DigestReader %s", d1, want)
+	}
+}
