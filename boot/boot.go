@@ -249,7 +249,7 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 			return fail(path, err)
 		}
 		if !b.Config.AllowRAMCopy {
-			return fail(path, fmt.Errorf("%w; enable fs-verity on the image at install time (cfsroot install does), or set allow_ram_copy for self-contained images", err))
+			return fail(path, fmt.Errorf("%w; enable fs-verity on the image when installing it (fsverity enable, or verity.Enable), or set allow_ram_copy to copy it to RAM and digest it there", err))
 		}
 		if err := b.copyToRAM(img); err != nil {
 			return fail(path, err)

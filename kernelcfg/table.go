@@ -108,8 +108,8 @@ var table = []Requirement{
 	{
 		ID: "initramfs-compression", Section: secEarly, Level: Required,
 		AnyOf: []Option{{Name: "RD_GZIP"}, {Name: "RD_ZSTD", Since: "5.9"}},
-		Why: "mkinitramfs.sh compresses the cpio archive with gzip by default (RD_GZIP); " +
-			"with zstd compression the kernel needs RD_ZSTD. An uncompressed archive needs neither.",
+		Why: "mkinitramfs.sh compresses the cpio archive with zstd by default (RD_ZSTD); " +
+			"with -compress gzip the kernel needs RD_GZIP. An uncompressed archive needs neither.",
 	},
 	{
 		ID: "devtmpfs", Section: secEarly, Level: Required,

@@ -20,10 +20,17 @@ type swtpm struct {
 
 // startSWTPM starts swtpm with its state in stateDir and its socket in a
 // fresh short directory (unix socket paths are limited to 108 bytes, and
-// test temporary directories can be longer).
+// test temporary directories can be longer). swtpm's options are comma
+// separated, so stateDir is reached through a symlink in that directory:
+// subtest names may put commas into test paths.
 func startSWTPM(stateDir string) (*swtpm, error) {
 	sockDir, err := os.MkdirTemp("", "swtpm")
 	if err != nil {
+		return nil, fmt.Errorf("vm: swtpm: %w", err)
+	}
+	state := filepath.Join(sockDir, "state")
+	if err := os.Symlink(stateDir, state); err != nil {
+		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("vm: swtpm: %w", err)
 	}
 	s := &swtpm{
@@ -32,9 +39,9 @@ func startSWTPM(stateDir string) (*swtpm, error) {
 		done: make(chan struct{}),
 	}
 	s.cmd = exec.Command("swtpm", "socket", "--tpm2",
-		"--tpmstate", "dir="+stateDir,
+		"--tpmstate", "dir="+state,
 		"--ctrl", "type=unixio,path="+s.sock,
-		"--log", "file="+s.log+",level=2")
+		"--log", "file="+filepath.Join(state, "swtpm.log")+",level=2")
 	if err := s.cmd.Start(); err != nil {
 		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("vm: starting swtpm: %w", err)
