@@ -24,25 +24,6 @@ kind=${1:-debian}
 suite=trixie
 packages=systemd,systemd-sysv,udev,tpm2-tools
 
-mirror() {
-	# The same rule as tools/apt-suite.sh: the first non-security URI of
-	# the machine's apt sources (deb822 or one-line format).
-	local f uri
-	for f in /etc/apt/sources.list.d/*.sources; do
-		[ -f "$f" ] || continue
-		uri=$(awk '/^URIs:/ {print $2; exit}' "$f")
-		case $uri in *debian-security*|"") continue ;; esac
-		echo "$uri"; return
-	done
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-		[ -f "$f" ] || continue
-		uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f" |
-			grep -v debian-security | head -n1 || true)
-		[ -n "$uri" ] && { echo "$uri"; return; }
-	done
-	echo "mkroot.sh: no Debian mirror found in /etc/apt/sources.list*; add one or set CFSROOT_DEMO_MIRROR" >&2
-	return 1
-}
 
 case $kind in
 debian) ;;
@@ -72,7 +53,7 @@ command -v debootstrap >/dev/null 2>&1 || {
 	exit 1
 }
 
-m=${CFSROOT_DEMO_MIRROR:-$(mirror)}
+m=${CFSROOT_DEMO_MIRROR:-$("$top/tools/debian-mirror.sh")}
 tmp=$dest.tmp
 rm -rf "$tmp"
 mkdir -p "$cache"

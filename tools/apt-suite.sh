@@ -21,28 +21,10 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${CFSROOT_CACHE:-$top/.cache}
 dir=$cache/apt-$suite
 
-mirror() {
-	local f uri
-	for f in /etc/apt/sources.list.d/*.sources; do
-		[ -f "$f" ] || continue
-		# deb822: the first URIs line of a stanza that carries the main archive.
-		uri=$(awk '/^URIs:/ {print $2; exit}' "$f")
-		case $uri in *debian-security*|"") continue ;; esac
-		echo "$uri"; return
-	done
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-		[ -f "$f" ] || continue
-		uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$f" |
-			grep -v debian-security | head -n1 || true)
-		[ -n "$uri" ] && { echo "$uri"; return; }
-	done
-	echo "apt-suite.sh: no Debian mirror found in /etc/apt/sources.list*" >&2
-	return 1
-}
 
 mkdir -p "$dir/lists/partial" "$dir/archives/partial"
 if [ ! -s "$dir/sources.list" ]; then
-	m=$(mirror)
+	m=$("$top/tools/debian-mirror.sh")
 	keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 	echo "deb [signed-by=$keyring] $m $suite main" >"$dir/sources.list.tmp"
 	mv "$dir/sources.list.tmp" "$dir/sources.list"
