@@ -24,7 +24,6 @@ kind=${1:-debian}
 suite=trixie
 packages=systemd,systemd-sysv,udev,tpm2-tools
 
-
 case $kind in
 debian) ;;
 *)

@@ -8,8 +8,8 @@
 # $CFSROOT_CACHE/apt-SUITE (default .cache/apt-SUITE in the repository).
 # Use -t SUITE with install so that only what needs the suite comes from it.
 #
-# The mirror is read from the machine's own apt sources (deb822 or one-line
-# format), so no host name is written down here.
+# The mirror comes from tools/debian-mirror.sh (the machine's own apt sources),
+# so no host name is written down here.
 #
 #   tools/apt-suite.sh trixie download linux-image-6.12.57+deb13-amd64
 #   tools/apt-suite.sh bookworm-backports install -y -t bookworm-backports python3-virt-firmware
@@ -20,7 +20,6 @@ shift
 top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${CFSROOT_CACHE:-$top/.cache}
 dir=$cache/apt-$suite
-
 
 mkdir -p "$dir/lists/partial" "$dir/archives/partial"
 if [ ! -s "$dir/sources.list" ]; then
