@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
+
+	"github.com/cfsroot/cfsroot/rootfs/composefs/internal/xxhash"
 )
 
 // ewriter writes little-endian fields and tracks the offset.
@@ -198,7 +200,7 @@ func (b *builder) writeInode(e *ewriter, w *winode, currentEnd *uint64) {
 		nShared := 0
 		for i, x := range w.xattrs {
 			idx, suffix := xattrPrefix(x.Key)
-			filter |= 1 << (xxh32([]byte(suffix), xattrFilterSeed+uint32(idx)) & 31)
+			filter |= 1 << (xxhash.Sum32([]byte(suffix), xattrFilterSeed+uint32(idx)) & 31)
 			if w.shared[i] >= 0 {
 				nShared++
 			}

@@ -3,6 +3,8 @@ package reader
 import (
 	"bytes"
 	"strings"
+
+	"github.com/cfsroot/cfsroot/rootfs/composefs/internal/xxhash"
 )
 
 // rawXattr is an xattr as stored in the image.
@@ -76,7 +78,7 @@ func (img *Image) xattrs(ino *inode) ([]rawXattr, error) {
 			// The kernel skips the lookup of any name whose filter bit is
 			// set, so such an xattr would be invisible to getxattr.
 			index, suffix := splitXattrName(x.name)
-			bit := xxh32([]byte(suffix), xattrFilterSeed+uint32(index)) & 31
+			bit := xxhash.Sum32([]byte(suffix), xattrFilterSeed+uint32(index)) & 31
 			if filter&(1<<bit) != 0 {
 				return nil, corrupt("%s: xattr name filter %#08x hides %q from the kernel", ino.where(), filter, x.name)
 			}

@@ -1,14 +1,16 @@
-package composefs
+// Package xxhash is the 32-bit xxHash EROFS uses for its xattr name filter,
+// shared by the composefs writer and reader.
+package xxhash
 
 import (
 	"encoding/binary"
 	"math/bits"
 )
 
-// xxh32 is the 32-bit xxHash as the Linux kernel implements it (lib/xxhash.c);
+// Sum32 is the 32-bit xxHash as the Linux kernel implements it (lib/xxhash.c);
 // EROFS uses it for the per-inode xattr name filter, so it must match the
 // kernel's bit for bit.
-func xxh32(p []byte, seed uint32) uint32 {
+func Sum32(p []byte, seed uint32) uint32 {
 	const (
 		prime1 = 2654435761
 		prime2 = 2246822519
