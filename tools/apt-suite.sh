@@ -22,6 +22,10 @@ cache=${CFSROOT_CACHE:-$top/.cache}
 dir=$cache/apt-$suite
 
 mkdir -p "$dir/lists/partial" "$dir/archives/partial"
+# One apt run per private directory at a time (apt's own locks would make
+# a concurrent caller fail rather than wait).
+exec 8>"$dir/run.lock"
+flock 8
 if [ ! -s "$dir/sources.list" ]; then
 	m=$("$top/tools/debian-mirror.sh")
 	keyring=/usr/share/keyrings/debian-archive-keyring.gpg

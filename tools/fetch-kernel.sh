@@ -22,6 +22,16 @@ if [ -f "$link/vmlinuz" ] && [ -f "$link/.complete" ]; then
 	exit 0
 fi
 
+# Tests in several packages may ask at once: one fetches, the others wait
+# and then find the cache.
+mkdir -p "$cache/kernel"
+exec 9>"$cache/kernel/.lock-$suite"
+flock 9
+if [ -f "$link/vmlinuz" ] && [ -f "$link/.complete" ]; then
+	readlink -f "$link"
+	exit 0
+fi
+
 apt_suite=$top/tools/apt-suite.sh
 lists=$cache/apt-$suite
 "$apt_suite" "$suite" -qq check >/dev/null 2>&1 || true # make sure the lists exist

@@ -51,5 +51,7 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
 fi
 
 "$top/tools/fetch-kernel.sh" >/dev/null
+# Bookworm's kernel: its config is what kernel-check must refuse (tests).
+"$top/tools/fetch-kernel.sh" bookworm >/dev/null
 # Reference mkcomposefs/composefs-info (oracle of the composefs directory-mode tests).
 "$top/tools/fetch-mkcomposefs.sh" >/dev/null
