@@ -68,21 +68,21 @@ func Load(dir string, signed []byte, enforce bool) (Header, error) {
 	if err != nil {
 		return Header{}, err
 	}
-	if err := writeOnce(filepath.Join(dir, "new_policy"), signed); err != nil {
+	if err := WriteOnce(filepath.Join(dir, "new_policy"), signed); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			// The same policy is already loaded (e.g. a retried boot step):
 			// updating it goes through policies/NAME/update.
-			err = writeOnce(filepath.Join(dir, "policies", h.Name, "update"), signed)
+			err = WriteOnce(filepath.Join(dir, "policies", h.Name, "update"), signed)
 		}
 		if err != nil {
 			return h, fmt.Errorf("load IPE policy %q: %w", h.Name, explain(err))
 		}
 	}
-	if err := writeOnce(filepath.Join(dir, "policies", h.Name, "active"), []byte("1")); err != nil {
+	if err := WriteOnce(filepath.Join(dir, "policies", h.Name, "active"), []byte("1")); err != nil {
 		return h, fmt.Errorf("activate IPE policy %q: %w", h.Name, explain(err))
 	}
 	if enforce {
-		if err := writeOnce(filepath.Join(dir, "enforce"), []byte("1")); err != nil {
+		if err := WriteOnce(filepath.Join(dir, "enforce"), []byte("1")); err != nil {
 			return h, fmt.Errorf("enforce IPE: %w", explain(err))
 		}
 	}
@@ -104,7 +104,9 @@ func Active(dir string) (string, error) {
 	return "", nil
 }
 
-func writeOnce(p string, b []byte) error {
+// WriteOnce writes b to a securityfs file in a single write(2): IPE takes a
+// policy only whole, and reports its verdict as the write's error.
+func WriteOnce(p string, b []byte) error {
 	f, err := os.OpenFile(p, os.O_WRONLY, 0)
 	if err != nil {
 		return err

@@ -102,7 +102,7 @@ func parser() (map[string]string, error) {
 		if err != nil {
 			return data, err
 		}
-		err = writeOnce(filepath.Join(ipe.DefaultDir, "new_policy"), signed)
+		err = ipe.WriteOnce(filepath.Join(ipe.DefaultDir, "new_policy"), signed)
 		var errno unix.Errno
 		switch {
 		case err == nil:
@@ -114,22 +114,6 @@ func parser() (map[string]string, error) {
 		}
 	}
 	return data, nil
-}
-
-// writeOnce writes data to a securityfs file in one write(2).
-func writeOnce(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	n, err := f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && n != len(data) {
-		err = fmt.Errorf("short write: %d of %d bytes", n, len(data))
-	}
-	return err
 }
 
 func bench() (map[string]string, error) {

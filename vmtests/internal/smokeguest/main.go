@@ -33,6 +33,8 @@ import (
 	"github.com/cfsroot/cfsroot/initramfs/layout"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/guest"
+
+	"github.com/cfsroot/cfsroot/rootfs/ipe"
 )
 
 // Paths shared with the host side of the smoke test.
@@ -271,23 +273,6 @@ func mountSource(dir string) string {
 	return ""
 }
 
-// writeOnce writes data to a securityfs file in a single write(2), as IPE
-// requires for a policy.
-func writeOnce(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	n, err := f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil && n != len(data) {
-		err = fmt.Errorf("short write: %d of %d bytes", n, len(data))
-	}
-	return err
-}
-
 const ipeDir = "/sys/kernel/security/ipe"
 
 func checkSignedPolicy() (map[string]string, error) {
@@ -295,11 +280,11 @@ func checkSignedPolicy() (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeOnce(ipeDir+"/new_policy", p7s); err != nil {
+	if err := ipe.WriteOnce(ipeDir+"/new_policy", p7s); err != nil {
 		return nil, fmt.Errorf("loading the signed policy: %w", err)
 	}
 	active := filepath.Join(ipeDir, "policies", policyName, "active")
-	if err := writeOnce(active, []byte("1")); err != nil {
+	if err := ipe.WriteOnce(active, []byte("1")); err != nil {
 		return nil, fmt.Errorf("activating: %w", err)
 	}
 	b, err := os.ReadFile(active)
@@ -320,7 +305,7 @@ func refusedPolicy(path string, want unix.Errno) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = writeOnce(ipeDir+"/new_policy", text)
+	err = ipe.WriteOnce(ipeDir+"/new_policy", text)
 	data := map[string]string{"errno": fmt.Sprint(err)}
 	var errno unix.Errno
 	if errors.As(err, &errno) {
