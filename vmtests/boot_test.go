@@ -473,3 +473,38 @@ func TestBootRAMCopy(t *testing.T) {
 		}
 	})
 }
+
+// TestBootPinnedDigest: a digest pinned in the config replaces the
+// signature (the unsigned image boots), a wrong pin refuses the image, and
+// on_failure reboot reboots instead of powering off.
+func TestBootPinnedDigest(t *testing.T) {
+	f := bootFixture(t)
+	t.Run("pinned", func(t *testing.T) {
+		cfg := `{"disk": "LABEL=` + diskLabel + `", "slots": ["nosig"], "tpm": "required",
+			"pinned_digests": {"nosig": "` + f.digest.String() + `"}}`
+		res := bootCfsroot(t, f, cfg)
+		r := res.Require(t, "status", "rootinit-done")
+		var st boot.Status
+		if err := json.Unmarshal([]byte(r["status"].Data["json"]), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Image != unsignedImage || st.VerifiedBy != "pinned-digest" || st.Signer != "" ||
+			!strings.Contains(strings.Join(st.TPM.Events, "\n"), "cfsroot-signer:pinned-digest") {
+			t.Errorf("status.json: %+v", st)
+		}
+	})
+	t.Run("wrong pin, reboot", func(t *testing.T) {
+		other := "sha256:" + strings.Repeat("0", 64)
+		cfg := `{"disk": "LABEL=` + diskLabel + `", "slots": ["default"], "tpm": "optional", "on_failure": "reboot",
+			"pinned_digests": {"default": "` + other + `"}}`
+		res := bootCfsroot(t, f, cfg)
+		if res.End != vm.Reboot {
+			t.Errorf("VM ended with %s, want reboot (on_failure: reboot)", res.End)
+		}
+		for _, w := range []string{"step verify:default failed", "is not the pinned " + other, "rebooting (on_failure: reboot)"} {
+			if !res.Contains(w) {
+				t.Errorf("console lacks %q (log %s)", w, res.LogFile)
+			}
+		}
+	})
+}

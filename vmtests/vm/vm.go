@@ -194,13 +194,13 @@ func Start(t testing.TB, o Options) *Machine {
 		if _, err := os.Stat(d); err != nil {
 			t.Fatalf("vm: disk: %v", err)
 		}
-		args = append(args, "-drive", "file="+d+",if=virtio,format=raw")
+		args = append(args, "-drive", "file="+qemuOpt(d)+",if=virtio,format=raw")
 	}
 	if o.OVMF || len(o.DBCerts) > 0 {
 		vars := ovmfVars(t, dir, o.DBCerts)
 		args = append(args,
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
-			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+qemuOpt(OVMFCode),
+			"-drive", "if=pflash,format=raw,unit=1,file="+qemuOpt(vars))
 	}
 	if o.TPM {
 		RequireTools(t, "swtpm")
@@ -253,6 +253,11 @@ func Start(t testing.TB, o Options) *Machine {
 	t.Cleanup(func() { m.Stop() })
 	return m
 }
+
+// qemuOpt escapes a value inside a QEMU option list, where a comma is
+// written twice (test directories carry subtest names, which may hold
+// commas).
+func qemuOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 func consoleLogPath(t testing.TB, tmp, name string) string {
 	dir := os.Getenv("CFSROOT_VMTEST_LOGDIR")
