@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -121,7 +122,7 @@ type image struct {
 	file   *os.File // held open so the measured file is the mounted one
 	digest verity.Digest
 	source string
-	signer *signature.TrustStore
+	signer *x509.Certificate // nil when a pinned digest accepted the image
 }
 
 // Run finds, verifies, measures and mounts the image, loads the IPE policy
@@ -284,7 +285,7 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 		b.status.VerifiedBy = "signature"
 		b.status.Signer = cert.Subject.String()
 		b.status.SignerSHA256 = signature.Fingerprint(cert)
-		img.signer = signature.NewTrustStore(cert)
+		img.signer = cert
 	}
 	b.status.Image = name
 	b.status.Digest = img.digest.String()
@@ -326,12 +327,7 @@ func (b *Boot) readPolicy(imageName string) ([]byte, error) {
 }
 
 func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
-	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Policy: policy}
-	if img.signer != nil {
-		info.Signer = img.signer.Certificates()[0]
-	} else {
-		info.Pinned = true
-	}
+	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Signer: img.signer, Pinned: img.signer == nil, Policy: policy}
 	events, err := measure.Events(info)
 	if err != nil {
 		return err
