@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
 func need(t *testing.T, cmds ...string) {
@@ -304,32 +305,7 @@ func TestWriteFileAtomic(t *testing.T) {
 // trixieModules returns the module tree of Debian trixie's kernel that
 // tools/fetch-kernel.sh caches, or skips the test when it is absent.
 func trixieModules(tb testing.TB) string {
-	tb.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			tb.Fatal("no go.mod above the test directory")
-		}
-		dir = filepath.Dir(dir)
-	}
-	cache := os.Getenv("CFSROOT_CACHE")
-	if cache == "" {
-		cache = filepath.Join(dir, ".cache")
-	}
-	k := filepath.Join(cache, "kernel", "trixie")
-	if _, err := os.Stat(filepath.Join(k, ".complete")); err != nil {
-		if os.Getenv("CFSROOT_VMTEST") == "1" {
-			tb.Fatalf("CFSROOT_VMTEST=1 but the trixie kernel is not in %s: run make deps", k)
-		}
-		tb.Skipf("Debian trixie kernel not cached in %s: run make deps (tools/fetch-kernel.sh) to enable", k)
-	}
-	return k
+	return testutil.CachedKernel(tb)
 }
 
 // bootModules are the modules the boot chain loads (DESIGN §5).

@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"flag"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"sort"
@@ -285,19 +284,7 @@ func TestCheck(t *testing.T) {
 // debianConfig returns Debian SUITE's kernel config and module tree,
 // fetched by tools/fetch-kernel.sh (a no-op when cached).
 func debianConfig(t *testing.T, suite string) (*Config, string) {
-	t.Helper()
-	out, err := exec.Command(filepath.Join(testutil.RepoRoot(t), "tools", "fetch-kernel.sh"), suite).Output()
-	if err != nil {
-		msg := err.Error()
-		if ee, ok := err.(*exec.ExitError); ok {
-			msg += ": " + string(ee.Stderr)
-		}
-		if testutil.InCI() {
-			t.Fatalf("tools/fetch-kernel.sh %s failed: %s", suite, msg)
-		}
-		t.Skipf("cannot fetch Debian %s's kernel (needs apt and the network): %s; run tools/fetch-kernel.sh %s", suite, msg, suite)
-	}
-	dir := strings.TrimSpace(string(out))
+	dir := testutil.DebianKernel(t, suite)
 	c, err := ReadFile(filepath.Join(dir, "config"))
 	if err != nil {
 		t.Fatal(err)

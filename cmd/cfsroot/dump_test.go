@@ -13,15 +13,7 @@ import (
 // composefsTool returns the reference composefs 1.0.8 tool (mkcomposefs or
 // composefs-info) fetched by tools/fetch-mkcomposefs.sh.
 func composefsTool(t *testing.T, name string) string {
-	t.Helper()
-	p := filepath.Join(testutil.RepoRoot(t), ".cache", "composefs-sid", "bin", name)
-	if _, err := os.Stat(p); err != nil {
-		if testutil.InCI() {
-			t.Fatalf("%s missing; tools/install-deps.sh runs tools/fetch-mkcomposefs.sh", p)
-		}
-		t.Skipf("%s missing: run tools/fetch-mkcomposefs.sh", p)
-	}
-	return p
+	return testutil.ComposefsTool(t, name)
 }
 
 // TestDumpVectors: `cfsroot dump` of every reference image prints exactly

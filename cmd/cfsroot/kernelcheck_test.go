@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,19 +16,7 @@ import (
 // debianKernelConfig returns the path of Debian SUITE's kernel config,
 // fetched by tools/fetch-kernel.sh (a no-op when cached).
 func debianKernelConfig(t *testing.T, suite string) string {
-	t.Helper()
-	out, err := exec.Command(filepath.Join(testutil.RepoRoot(t), "tools", "fetch-kernel.sh"), suite).Output()
-	if err != nil {
-		msg := err.Error()
-		if ee, ok := err.(*exec.ExitError); ok {
-			msg += ": " + string(ee.Stderr)
-		}
-		if testutil.InCI() {
-			t.Fatalf("tools/fetch-kernel.sh %s failed: %s", suite, msg)
-		}
-		t.Skipf("cannot fetch Debian %s's kernel (needs apt and the network): %s; run tools/fetch-kernel.sh %s", suite, msg, suite)
-	}
-	return filepath.Join(strings.TrimSpace(string(out)), "config")
+	return filepath.Join(testutil.DebianKernel(t, suite), "config")
 }
 
 func kernelCheck(args ...string) (stdout, stderr string, err error) {

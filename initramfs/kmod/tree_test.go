@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
 // writeTree makes a module directory with the given index files.
@@ -208,33 +210,7 @@ func TestListRoundTrip(t *testing.T) {
 // kernelTree returns Debian trixie's module tree that tools/fetch-kernel.sh
 // caches, or skips the test when it is absent.
 func kernelTree(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test directory")
-		}
-		dir = parent
-	}
-	cache := os.Getenv("CFSROOT_CACHE")
-	if cache == "" {
-		cache = filepath.Join(dir, ".cache")
-	}
-	k := filepath.Join(cache, "kernel", "trixie")
-	if _, err := os.Stat(filepath.Join(k, ".complete")); err != nil {
-		if os.Getenv("CFSROOT_VMTEST") == "1" {
-			t.Fatalf("CFSROOT_VMTEST=1 but the trixie kernel is not in %s: run make deps", k)
-		}
-		t.Skipf("Debian trixie kernel not cached in %s: run make deps (tools/fetch-kernel.sh) to enable", k)
-	}
-	return k
+	return testutil.CachedKernel(t)
 }
 
 // TestResolveTrixieAgainstModprobe checks the order against kmod's own

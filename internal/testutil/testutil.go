@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -67,4 +68,57 @@ func Run(t testing.TB, name string, args ...string) []byte {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 	}
 	return out
+}
+
+// ComposefsTool returns the reference composefs 1.0.8 tool (mkcomposefs or
+// composefs-info) that tools/fetch-mkcomposefs.sh caches: the oracle of the
+// byte-identical image tests. Missing, it skips (fails under CI).
+func ComposefsTool(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(RepoRoot(t), ".cache", "composefs-sid", "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		if InCI() {
+			t.Fatalf("%s missing; tools/install-deps.sh runs tools/fetch-mkcomposefs.sh", p)
+		}
+		t.Skipf("%s missing: run tools/fetch-mkcomposefs.sh", p)
+	}
+	return p
+}
+
+// CachedKernel returns the directory where tools/fetch-kernel.sh caches
+// Debian trixie's kernel (vmlinuz, config, lib/modules), honouring
+// CFSROOT_CACHE. Missing, it skips, or fails when CFSROOT_VMTEST=1.
+func CachedKernel(t testing.TB) string {
+	t.Helper()
+	cache := os.Getenv("CFSROOT_CACHE")
+	if cache == "" {
+		cache = filepath.Join(RepoRoot(t), ".cache")
+	}
+	k := filepath.Join(cache, "kernel", "trixie")
+	if _, err := os.Stat(filepath.Join(k, ".complete")); err != nil {
+		if os.Getenv("CFSROOT_VMTEST") == "1" {
+			t.Fatalf("CFSROOT_VMTEST=1 but the trixie kernel is not in %s: run make deps", k)
+		}
+		t.Skipf("Debian trixie kernel not cached in %s: run make deps (tools/fetch-kernel.sh) to enable", k)
+	}
+	return k
+}
+
+// DebianKernel runs tools/fetch-kernel.sh SUITE (a no-op when cached) and
+// returns the kernel's directory. Without apt or network it skips (fails
+// under CI).
+func DebianKernel(t testing.TB, suite string) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(RepoRoot(t), "tools", "fetch-kernel.sh"), suite).Output()
+	if err != nil {
+		msg := err.Error()
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg += ": " + string(ee.Stderr)
+		}
+		if InCI() {
+			t.Fatalf("tools/fetch-kernel.sh %s failed: %s", suite, msg)
+		}
+		t.Skipf("cannot fetch Debian %s's kernel (needs apt and the network): %s; run tools/fetch-kernel.sh %s", suite, msg, suite)
+	}
+	return strings.TrimSpace(string(out))
 }

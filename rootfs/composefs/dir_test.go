@@ -25,15 +25,7 @@ import (
 // from a directory must be byte for byte the one mkcomposefs makes.
 
 func oracle(t *testing.T, tool string) string {
-	t.Helper()
-	p := filepath.Join(testutil.RepoRoot(t), ".cache", "composefs-sid", "bin", tool)
-	if _, err := os.Stat(p); err != nil {
-		if testutil.InCI() {
-			t.Fatalf("%s missing; tools/install-deps.sh runs tools/fetch-mkcomposefs.sh", p)
-		}
-		t.Skipf("%s missing: run tools/fetch-mkcomposefs.sh", p)
-	}
-	return p
+	return testutil.ComposefsTool(t, tool)
 }
 
 func requireRoot(t *testing.T) {

@@ -17,15 +17,7 @@ import (
 
 // mkcomposefs is Debian sid's mkcomposefs 1.0.8 (tools/fetch-mkcomposefs.sh).
 func mkcomposefs(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(testutil.RepoRoot(t), ".cache", "composefs-sid", "bin", "mkcomposefs")
-	if _, err := os.Stat(p); err != nil {
-		if testutil.InCI() {
-			t.Fatalf("%s missing; tools/install-deps.sh runs tools/fetch-mkcomposefs.sh", p)
-		}
-		t.Skipf("%s missing: run tools/fetch-mkcomposefs.sh", p)
-	}
-	return p
+	return testutil.ComposefsTool(t, "mkcomposefs")
 }
 
 // gen writes random but valid dump text.
