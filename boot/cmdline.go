@@ -27,20 +27,32 @@ type Choice struct {
 // The command line can only choose among what cfg allows: an unknown
 // cfsroot.* key, a value with "..", an image that is not a slot, or a key
 // that needs a signed command line when the config does not say it is
-// signed are errors, and the boot stops. Keys outside cfsroot.* are ignored.
+// signed, a key given twice, and a key whose prefix is not lower case
+// (CFSROOT.image) are errors, and the boot stops. Keys outside cfsroot.*
+// are ignored.
 func ParseCmdline(cmdline string, cfg *Config) (Choice, error) {
 	ch := Choice{Slots: slices.Clone(cfg.Slots)}
 	if !cfg.Fallback {
 		ch.Slots = ch.Slots[:1]
 	}
+	seen := map[string]bool{}
 	for _, arg := range splitCmdline(cmdline) {
 		if arg == "--" {
 			break // the rest belongs to init
 		}
 		key, value, hasValue := strings.Cut(arg, "=")
 		if !strings.HasPrefix(key, "cfsroot.") {
+			if len(key) >= len("cfsroot.") && strings.EqualFold(key[:len("cfsroot.")], "cfsroot.") {
+				return Choice{}, fmt.Errorf("kernel command line: %s: cfsroot keys are lower case (cfsroot.%s)", key, strings.ToLower(key[len("cfsroot."):]))
+			}
 			continue
 		}
+		if seen[key] {
+			// Last-wins would let an appended cfsroot.image= override
+			// the one a reviewed command line set.
+			return Choice{}, fmt.Errorf("kernel command line: %s given twice; give each cfsroot key at most once", key)
+		}
+		seen[key] = true
 		if hasDotDot(value) || strings.Contains(value, "..") {
 			return Choice{}, fmt.Errorf("kernel command line: %s: value %q contains \"..\"", key, value)
 		}

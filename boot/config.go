@@ -5,15 +5,19 @@
 package boot
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
+	"reflect"
 	"strings"
 	"time"
 
 	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
@@ -109,22 +113,46 @@ const (
 	DefaultInit        = "/sbin/init"
 )
 
+// MaxConfigSize bounds the config file; real ones are a few hundred bytes.
+const MaxConfigSize = 1 << 20
+
 // LoadConfig reads and checks a config file. Unknown keys are errors: a
-// misspelt key must not silently leave a check at its default.
+// misspelt key must not silently leave a check at its default. Keys are
+// case-sensitive and each may appear once (encoding/json alone would
+// accept "TPM" for "tpm" and let the last duplicate win).
 func LoadConfig(p string) (*Config, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	defer f.Close()
-	dec := json.NewDecoder(f)
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(data) > MaxConfigSize {
+		return nil, fmt.Errorf("config %s: larger than %d bytes", p, MaxConfigSize)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", p, err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses and checks a config's JSON, as LoadConfig does.
+func ParseConfig(data []byte) (*Config, error) {
+	if err := checkJSONKeys(data, jsonFields(reflect.TypeFor[Config]())); err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var c Config
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("config %s: %w", p, err)
+		return nil, err
 	}
 	if err := c.normalize(); err != nil {
-		return nil, fmt.Errorf("config %s: %w", p, err)
+		return nil, err
 	}
 	return &c, nil
 }
@@ -177,8 +205,8 @@ func (c *Config) normalize() error {
 	if c.PCR == nil {
 		p := DefaultPCR
 		c.PCR = &p
-	} else if *c.PCR < 0 || *c.PCR > 23 {
-		bad("pcr %d is not between 0 and 23", *c.PCR)
+	} else if err := measure.CheckBootPCR(*c.PCR); err != nil {
+		bad("pcr: %v", err)
 	}
 	switch c.TPM {
 	case "":

@@ -3,8 +3,12 @@ package boot
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cfsroot/cfsroot/measure"
 )
 
 func writeConfig(t *testing.T, body string) string {
@@ -40,7 +44,12 @@ func TestLoadConfigErrors(t *testing.T) {
 		{`{"disk": "LABEL=x", "slots": ["a"], "repository": "../x"}`, "without .."},
 		{`{"disk": "LABEL=x", "slots": ["a"], "pinned_digests": {"b": "sha256:00"}}`, `"b" is not a slot`},
 		{`{"disk": "LABEL=x", "slots": ["a"], "pinned_digests": {"a": "sha256:00"}}`, "sha256 digest must be 32 bytes"},
-		{`{"disk": "LABEL=x", "slots": ["a"], "pcr": 24}`, "pcr 24"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "pcr": 24}`, "PCR 24 is not between 0 and 23"},
+		// Finding 8: PCRs any program can reset prove nothing.
+		{`{"disk": "LABEL=x", "slots": ["a"], "pcr": 16}`, "PCR 16 can be reset by any program"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "pcr": 23}`, "PCR 23 can be reset by any program"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "pcr": 20}`, "PCR 20 belongs to dynamic launch"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "pcr": -1}`, "PCR -1 is not between"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "tpm": "maybe"}`, `tpm "maybe"`},
 		{`{"disk": "LABEL=x", "slots": ["a"], "ipe_enforce": true}`, "ipe_enforce needs an ipe_policy"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "ipe_policy": "policy.p7s"}`, "absolute path"},
@@ -49,6 +58,13 @@ func TestLoadConfigErrors(t *testing.T) {
 		{`{"disk": "LABEL=x", "slots": ["a"], "on_failure": "shell"}`, "needs allow_shell"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "disk_timeout": 5}`, "duration must be a string"},
 		{`not json`, "invalid character"},
+		// Finding 7: encoding/json matches keys case-insensitively and
+		// lets the last duplicate win; both are refused.
+		{`{"disk": "LABEL=x", "slots": ["a"], "tpm": "required", "TPM": "optional"}`, `key "TPM" must be written "tpm"`},
+		{`{"disk": "LABEL=x", "slots": ["a"], "Tpm": "optional"}`, `key "Tpm" must be written "tpm"`},
+		{`{"disk": "LABEL=x", "slots": ["a"], "tpm": "required", "tpm": "optional"}`, `key "tpm" given twice`},
+		{`{"disk": "LABEL=x", "slots": ["a", "b"], "pinned_digests": {"a": "sha256:00", "a": "sha256:11"}}`, `key "pinned_digests.a" given twice`},
+		{`{"disk": "LABEL=x", "slots": ["a"]} {"tpm": "optional"}`, "more than one JSON value"},
 	} {
 		_, err := LoadConfig(writeConfig(t, tc.body))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -85,6 +101,12 @@ func TestParseCmdline(t *testing.T) {
 		{"bad digest", signed, "cfsroot.digest=sha256:zz", "", false, "not hex"},
 		{"disk unsigned", cfg, "cfsroot.disk=LABEL=evil", "", false, "only accepted when"},
 		{"debug value", cfg, "cfsroot.debug=yes", "", false, "takes no value"},
+		// Finding 7: a repeated key used to be last-wins, so an appended
+		// cfsroot.image= picked another slot.
+		{"image twice", cfg, "cfsroot.image=a cfsroot.image=b", "", false, "cfsroot.image given twice"},
+		{"debug twice", cfg, "cfsroot.debug cfsroot.debug=0", "", false, "given twice"},
+		{"upper case prefix", cfg, "CFSROOT.image=b", "", false, "cfsroot keys are lower case"},
+		{"upper case key", cfg, "cfsroot.Image=b", "", false, "unknown key cfsroot.Image"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ch, err := ParseCmdline(tc.cmdline, tc.cfg)
@@ -110,4 +132,85 @@ func TestSplitCmdline(t *testing.T) {
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("splitCmdline = %q, want %q", got, want)
 	}
+}
+
+// FuzzLoadConfig: any config either loads with its checks applied or is
+// refused; a loaded config never has a duplicate or wrongly cased key's
+// value, never an unsafe PCR, and never panics the parser.
+func FuzzLoadConfig(f *testing.F) {
+	for _, s := range []string{
+		`{"disk": "LABEL=cfsroot", "slots": ["a", "b"]}`,
+		`{"disk": "LABEL=x", "slots": ["a"], "tpm": "required", "TPM": "optional"}`,
+		`{"disk": "LABEL=x", "slots": ["a"], "tpm": "required", "tpm": "optional"}`,
+		`{"disk": "LABEL=x", "slots": ["a"], "pcr": 23}`,
+		`{"disk": "LABEL=x", "slots": ["a"], "pinned_digests": {"a": "sha256:00"}, "upper": "LABEL=d:u"}`,
+		strings.Repeat("[", 10000) + strings.Repeat("]", 10000),
+		`{"disk": "LABEL=x", "slots": [` + strings.Repeat(`"a",`, 5000) + `"b"]}`,
+		`{"a":` + strings.Repeat(`{"a":`, 3000) + "1" + strings.Repeat("}", 3001),
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseConfig(data)
+		if err != nil {
+			return
+		}
+		if err := checkJSONKeys(data, jsonFields(reflect.TypeFor[Config]())); err != nil {
+			t.Fatalf("loaded a config that fails the key check: %v", err)
+		}
+		if c.PCR == nil || measure.CheckBootPCR(*c.PCR) != nil {
+			t.Fatalf("loaded with pcr %v", c.PCR)
+		}
+		if len(c.Slots) == 0 || c.Disk == "" {
+			t.Fatalf("loaded without slots or disk: %+v", c)
+		}
+	})
+}
+
+// FuzzParseCmdline: a command line either fails or picks slots among the
+// config's, without a repeated key, and never pins a digest or disk
+// unless the config says the command line is signed.
+func FuzzParseCmdline(f *testing.F) {
+	for _, s := range []string{
+		"console=ttyS0 cfsroot.image=b cfsroot.debug",
+		"cfsroot.image=a cfsroot.image=b",
+		"CFSROOT.image=b",
+		`cfsroot.image="b" -- cfsroot.image=a`,
+		"cfsroot.digest=sha256:" + strings.Repeat("ab", 32),
+		"cfsroot.disk=LABEL=evil",
+		strings.Repeat("cfsroot.debug=0 ", 1000),
+		strings.Repeat(`"`, 1001),
+	} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, cmdline string, signed bool) {
+		cfg := &Config{Slots: []string{"a", "b", "c"}, Fallback: true, CmdlineSigned: signed}
+		ch, err := ParseCmdline(cmdline, cfg)
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, s := range ch.Slots {
+			if !slices.Contains(cfg.Slots, s) || seen[s] {
+				t.Fatalf("slots %v from %q", ch.Slots, cmdline)
+			}
+			seen[s] = true
+		}
+		if !signed && (ch.Digest != nil || ch.Disk != "") {
+			t.Fatalf("unsigned command line %q pinned digest %v disk %q", cmdline, ch.Digest, ch.Disk)
+		}
+		n := 0
+		for _, a := range splitCmdline(cmdline) {
+			if a == "--" {
+				break
+			}
+			if k, _, _ := strings.Cut(a, "="); k == "cfsroot.image" {
+				n++
+			}
+		}
+		if n > 1 {
+			t.Fatalf("accepted %d cfsroot.image keys in %q", n, cmdline)
+		}
+	})
 }

@@ -144,3 +144,20 @@ func CheckRecord(r eventlog.Record) error {
 	}
 	return nil
 }
+
+// CheckBootPCR refuses a PCR that cannot carry a boot's measurements: one
+// outside 0-23, 16 and 23 (software at locality 0 can reset them with
+// TPM2_PCR_Reset and then extend the good values itself), and 17-22 (reset
+// by a dynamic launch, from which locality 2 can reset 20-22, and all
+// ones rather than zeros at power-on, so Predict would not hold).
+func CheckBootPCR(pcr int) error {
+	switch {
+	case pcr < 0 || pcr > 23:
+		return fmt.Errorf("PCR %d is not between 0 and 23", pcr)
+	case pcr == 16 || pcr == 23:
+		return fmt.Errorf("PCR %d can be reset by any program (TPM2_PCR_Reset at locality 0), so it proves nothing; use 15 (or another of 0-15)", pcr)
+	case pcr >= 17 && pcr <= 22:
+		return fmt.Errorf("PCR %d belongs to dynamic launch (reset by it, partly resettable from locality 2, all ones at power-on); use 15 (or another of 0-15)", pcr)
+	}
+	return nil
+}

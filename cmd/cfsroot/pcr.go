@@ -107,8 +107,8 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 	if *image == "" {
 		return usagef("pcr predict: --image is required")
 	}
-	if err := checkPCRIndex(*pcr); err != nil {
-		return err
+	if err := measure.CheckBootPCR(*pcr); err != nil {
+		return usagef("--pcr: %v", err)
 	}
 	algs, err := measure.ParseAlgs(*banks)
 	if err != nil {

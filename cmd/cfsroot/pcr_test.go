@@ -143,6 +143,38 @@ func TestPCRPredictPinned(t *testing.T) {
 	}
 }
 
+// TestPCRPredictRefusesResettablePCRs: a prediction for PCR 16 or 23 would
+// be worthless, since any program can reset them and extend the good
+// values itself (issue 12, finding 8); 17-22 belong to dynamic launch.
+func TestPCRPredictRefusesResettablePCRs(t *testing.T) {
+	dir := t.TempDir()
+	img := randomFile(t, dir, 5000)
+	d, err := verity.DigestFile(img, verity.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		pcr  string
+		want string
+	}{
+		{"0", ""}, {"7", ""}, {"15", ""},
+		{"16", "reset by any program"}, {"23", "reset by any program"},
+		{"17", "dynamic launch"}, {"22", "dynamic launch"},
+		{"24", "not between 0 and 23"}, {"-1", "not between 0 and 23"},
+	} {
+		_, _, err := runCLI(t, "pcr", "predict", "--image", img, "--digest", d.String(), "--bank", "sha256", "--pcr", tc.pcr)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("--pcr %s: %v", tc.pcr, err)
+			}
+			continue
+		}
+		if _, ok := err.(*usageError); !ok || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--pcr %s: err = %v, want a usage error saying %q", tc.pcr, err, tc.want)
+		}
+	}
+}
+
 func TestPCRPredictRefusesBadSignature(t *testing.T) {
 	f := newPCRFixture(t)
 	_, other := opensslKey(t, f.dir, "other")
