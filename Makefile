@@ -1,9 +1,10 @@
 # cfsroot build and test entry points. See README.md.
 export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 GOFLAGS_STATIC = CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -buildid='
 
-.PHONY: all build deps test unittest vmtest demo clean
+.PHONY: all build deps test unittest vmtest require-root demo clean
 
 all: build
 
@@ -11,24 +12,35 @@ build:
 	mkdir -p bin
 	$(GOFLAGS_STATIC) -o bin/cfsroot ./cmd/cfsroot
 
-# deps installs missing Debian packages and fetches the test kernel (idempotent).
+# deps installs missing Debian packages and fetches everything the tests
+# download: the test kernels, the reference mkcomposefs, the composefs test
+# vectors and the demo's Debian root (idempotent; cached in .cache).
 deps:
 	tools/install-deps.sh
+	$(SUDO) demo/mkroot.sh debian >/dev/null
 
-# test runs everything: unit tests, interop tests against fsverity-utils and
-# openssl, and the VM tests (they need the packages and kernel from deps;
-# CFSROOT_VMTEST=1 makes anything missing a failure rather than a skip).
+# test runs everything as root: unit tests, interop tests against
+# fsverity-utils, openssl and mkcomposefs, the VM tests and the demo.
+# CFSROOT_STRICT=1 makes every missing tool, kernel, oracle or privilege a
+# failure that says what to run, never a skip (internal/testutil.Strict).
 # CFSROOT_DEMO_TEST=1 includes TestDemo, the Debian root booted through
-# cfsroot (debootstrap 2-3 min the first time, cached; then ~2 min).
-test: deps
-	CFSROOT_VMTEST=1 CFSROOT_DEMO_TEST=1 $(GO) test -count=1 -timeout 40m ./...
+# cfsroot (~2 min).
+test: require-root deps
+	CFSROOT_STRICT=1 CFSROOT_DEMO_TEST=1 $(GO) test -count=1 -timeout 40m ./...
 
-# unittest skips the VM tests.
+# unittest runs the host tests only (go test -short skips the VM tests);
+# a test whose tool, kernel or privilege is missing skips.
 unittest:
-	CFSROOT_VMTEST=0 $(GO) test -count=1 ./...
+	$(GO) test -short -count=1 ./...
 
-vmtest: deps
-	CFSROOT_VMTEST=1 CFSROOT_DEMO_TEST=1 $(GO) test -count=1 -timeout 40m -v ./vmtests/...
+vmtest: require-root deps
+	CFSROOT_STRICT=1 CFSROOT_DEMO_TEST=1 $(GO) test -count=1 -timeout 40m -v ./vmtests/...
+
+require-root:
+	@if [ "$$(id -u)" -ne 0 ]; then \
+		echo "make $(MAKECMDGOALS): the tests mount images, make device nodes and boot VMs as root: run sudo make $(MAKECMDGOALS)" >&2; \
+		exit 1; \
+	fi
 
 # demo builds a Debian root, signs it with throwaway keys, and boots it
 # through cfsroot in QEMU with a TPM, printing what was verified (demo/demo.sh).

@@ -75,7 +75,7 @@ filter() {
 	fi
 }
 set +e
-CFSROOT_VMTEST=1 CFSROOT_DEMO_TEST=1 CFSROOT_DEMO_ROOT="$root" CFSROOT_DEMO_OUT="$top/out/demo" \
+CFSROOT_STRICT=1 CFSROOT_DEMO_TEST=1 CFSROOT_DEMO_ROOT="$root" CFSROOT_DEMO_OUT="$top/out/demo" \
 	go test -count=1 -timeout 60m -run '^TestDemo$' -v ./vmtests/ 2>&1 | tee "$log" | filter
 rc=${PIPESTATUS[0]}
 set -e

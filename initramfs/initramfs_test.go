@@ -24,9 +24,7 @@ import (
 func need(t *testing.T, cmds ...string) {
 	t.Helper()
 	for _, c := range cmds {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("%s not installed: run make deps to enable this test", c)
-		}
+		testutil.RequireTool(t, c)
 	}
 }
 

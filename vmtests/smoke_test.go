@@ -1,7 +1,7 @@
 // Package vmtests holds the tests that boot the test kernel in QEMU; the
-// harness is package vmtests/vm. They skip when QEMU or the test kernel are
-// missing (run make deps) or CFSROOT_VMTEST=0, and fail instead of skipping
-// when CFSROOT_VMTEST=1 (make test, CI).
+// harness is package vmtests/vm. They skip under go test -short (make
+// unittest) and when QEMU or the test kernel are missing (run make deps), and
+// fail instead of skipping when CFSROOT_STRICT=1 (make test).
 package vmtests
 
 import (

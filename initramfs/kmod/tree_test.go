@@ -221,7 +221,7 @@ func TestResolveTrixieAgainstModprobe(t *testing.T) {
 	if err != nil {
 		modprobe = "/sbin/modprobe"
 		if _, err := os.Stat(modprobe); err != nil {
-			t.Skip("modprobe (Debian package kmod) not installed: run make deps")
+			testutil.Unavailable(t, "modprobe (Debian package kmod) not installed: run make deps")
 		}
 	}
 	tree, err := Open(root)

@@ -1,9 +1,10 @@
 // Package testutil holds helpers shared by cfsroot's tests: finding the
-// repository and the shared test data, and requiring the external tools that
-// serve as oracles.
+// repository, and requiring the tools, kernels, oracles and privileges the
+// tests need, under one strictness switch (Strict).
 package testutil
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,20 +43,44 @@ func SharedDir(t testing.TB) string {
 	return dir
 }
 
-// InCI reports whether the tests run under CI, where every tool is installed
-// and a missing one is a failure rather than a reason to skip.
-func InCI() bool { return os.Getenv("CI") != "" }
+// StrictEnv is the environment variable that decides whether a test whose
+// tool, kernel, oracle or privilege is missing skips or fails. make test sets
+// CFSROOT_STRICT=1: then every missing prerequisite is a failure that says
+// what to run. Unset (make unittest, a plain go test), such tests skip.
+const StrictEnv = "CFSROOT_STRICT"
 
-// RequireTool returns the path of an external tool. When it is missing the
-// test is skipped with a hint (make deps installs it), or fails under CI.
+// Strict reports whether CFSROOT_STRICT=1, under which nothing may skip for
+// want of a tool, kernel, oracle or privilege.
+func Strict() bool { return os.Getenv(StrictEnv) == "1" }
+
+// Unavailable ends a test whose prerequisite is missing: under Strict it
+// fails, otherwise it skips. The message should say what is missing and what
+// to run to provide it.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if Strict() {
+		t.Fatalf("%s (%s=1, set by make test, makes a missing prerequisite a failure)", msg, StrictEnv)
+	}
+	t.Skipf("%s (skipped; make test fails instead)", msg)
+}
+
+// RequireRoot ends the test (see Unavailable) unless it runs as root; why
+// says what needs root.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Unavailable(t, "%s needs root: run the tests as root (sudo make test)", why)
+	}
+}
+
+// RequireTool returns the path of an external tool, or ends the test (see
+// Unavailable) when it is not in PATH.
 func RequireTool(t testing.TB, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if InCI() {
-			t.Fatalf("%s not found in PATH; tools/install-deps.sh should have installed it", name)
-		}
-		t.Skipf("%s not found in PATH; run `make deps` to install it", name)
+		Unavailable(t, "%s not found in PATH: run make deps (tools/install-deps.sh) to install it", name)
 	}
 	return p
 }
@@ -72,22 +97,19 @@ func Run(t testing.TB, name string, args ...string) []byte {
 
 // ComposefsTool returns the reference composefs 1.0.8 tool (mkcomposefs or
 // composefs-info) that tools/fetch-mkcomposefs.sh caches: the oracle of the
-// byte-identical image tests. Missing, it skips (fails under CI).
+// byte-identical image tests. Missing, the test ends (see Unavailable).
 func ComposefsTool(t testing.TB, name string) string {
 	t.Helper()
 	p := filepath.Join(RepoRoot(t), ".cache", "composefs-sid", "bin", name)
 	if _, err := os.Stat(p); err != nil {
-		if InCI() {
-			t.Fatalf("%s missing; tools/install-deps.sh runs tools/fetch-mkcomposefs.sh", p)
-		}
-		t.Skipf("%s missing: run tools/fetch-mkcomposefs.sh", p)
+		Unavailable(t, "%s missing: run make deps (tools/fetch-mkcomposefs.sh)", p)
 	}
 	return p
 }
 
 // CachedKernel returns the directory where tools/fetch-kernel.sh caches
 // Debian trixie's kernel (vmlinuz, config, lib/modules), honouring
-// CFSROOT_CACHE. Missing, it skips, or fails when CFSROOT_VMTEST=1.
+// CFSROOT_CACHE. Missing, the test ends (see Unavailable).
 func CachedKernel(t testing.TB) string {
 	t.Helper()
 	cache := os.Getenv("CFSROOT_CACHE")
@@ -96,17 +118,15 @@ func CachedKernel(t testing.TB) string {
 	}
 	k := filepath.Join(cache, "kernel", "trixie")
 	if _, err := os.Stat(filepath.Join(k, ".complete")); err != nil {
-		if os.Getenv("CFSROOT_VMTEST") == "1" {
-			t.Fatalf("CFSROOT_VMTEST=1 but the trixie kernel is not in %s: run make deps", k)
-		}
-		t.Skipf("Debian trixie kernel not cached in %s: run make deps (tools/fetch-kernel.sh) to enable", k)
+		Unavailable(t, "Debian trixie kernel not cached in %s: run make deps (tools/fetch-kernel.sh)", k)
 	}
 	return k
 }
 
 // DebianKernel runs tools/fetch-kernel.sh SUITE (a no-op when cached) and
-// returns the kernel's directory. Without apt or network it skips (fails
-// under CI).
+// returns the kernel's directory. Without apt or network the test ends (see
+// Unavailable). make deps runs the same script, so under make test it is
+// cached and nothing is downloaded here.
 func DebianKernel(t testing.TB, suite string) string {
 	t.Helper()
 	out, err := exec.Command(filepath.Join(RepoRoot(t), "tools", "fetch-kernel.sh"), suite).Output()
@@ -115,10 +135,7 @@ func DebianKernel(t testing.TB, suite string) string {
 		if ee, ok := err.(*exec.ExitError); ok {
 			msg += ": " + string(ee.Stderr)
 		}
-		if InCI() {
-			t.Fatalf("tools/fetch-kernel.sh %s failed: %s", suite, msg)
-		}
-		t.Skipf("cannot fetch Debian %s's kernel (needs apt and the network): %s; run tools/fetch-kernel.sh %s", suite, msg, suite)
+		Unavailable(t, "cannot fetch Debian %s's kernel (needs apt and the network): %s; run make deps (tools/fetch-kernel.sh %s)", suite, msg, suite)
 	}
 	return strings.TrimSpace(string(out))
 }

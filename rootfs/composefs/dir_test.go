@@ -30,12 +30,7 @@ func oracle(t *testing.T, tool string) string {
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if testutil.InCI() {
-			t.Fatal("the directory-mode tests need root (devices, trusted.* xattrs, chown)")
-		}
-		t.Skip("needs root: devices, trusted.* xattrs and chown")
-	}
+	testutil.RequireRoot(t, "the directory-mode tests (devices, trusted.* xattrs, chown)")
 }
 
 // tb builds a test tree.

@@ -16,9 +16,7 @@ import (
 
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mount tests need root")
-	}
+	testutil.RequireRoot(t, "the mount tests")
 }
 
 func mountpoint(t *testing.T) string {

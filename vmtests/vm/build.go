@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cfsroot/cfsroot/initramfs"
+	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
 // run runs a host command for a test and fails the test with its output if
@@ -157,7 +158,7 @@ func requireOVMF(t testing.TB) {
 	RequireTools(t, "virt-fw-vars")
 	for _, f := range []string{OVMFCode, OVMFVars} {
 		if _, err := os.Stat(f); err != nil {
-			unavailable(t, "OVMF firmware %s is missing (Debian package ovmf)", f)
+			testutil.Unavailable(t, "OVMF firmware %s is missing (Debian package ovmf): run make deps", f)
 		}
 	}
 }

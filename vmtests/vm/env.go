@@ -15,9 +15,10 @@
 //
 // Environment:
 //
-//	CFSROOT_VMTEST=0      skip VM tests (make unittest)
-//	CFSROOT_VMTEST=1      fail instead of skipping when QEMU, swtpm, OVMF,
-//	                      virt-fw-vars, mkfs.ext4 or the kernel are missing (make test, CI)
+//	go test -short        skips VM tests (make unittest)
+//	CFSROOT_STRICT=1      fail instead of skipping when QEMU, swtpm, OVMF,
+//	                      virt-fw-vars, mkfs.ext4 or the kernel are missing
+//	                      (make test; see testutil.Strict)
 //	VMTEST_KERNEL         kernel image (bzImage) to boot instead of the cached
 //	                      Debian trixie kernel (.cache/kernel/trixie, make deps)
 //	VMTEST_MODULES        its module tree (lib/modules/KVER, or a root holding one);
@@ -39,6 +40,7 @@ import (
 	"testing"
 
 	"github.com/cfsroot/cfsroot/initramfs/kmod"
+	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
 // BootModules are the modules cfsroot's boot chain loads: ext4 for the
@@ -116,46 +118,38 @@ func FindKernel() (Kernel, error) {
 	return k, nil
 }
 
-// Enabled reports whether VM tests run (CFSROOT_VMTEST is not "0").
-func Enabled() bool { return os.Getenv("CFSROOT_VMTEST") != "0" }
+// Enabled reports whether VM tests run: not under go test -short (make
+// unittest).
+func Enabled() bool { return !testing.Short() }
 
 // Required reports whether missing VM test dependencies are failures
-// rather than reasons to skip (CFSROOT_VMTEST=1, as make test and CI set).
-func Required() bool { return os.Getenv("CFSROOT_VMTEST") == "1" }
+// rather than reasons to skip (CFSROOT_STRICT=1, as make test sets).
+func Required() bool { return testutil.Strict() }
 
-// unavailable skips the test, or fails it when CFSROOT_VMTEST=1.
-func unavailable(t testing.TB, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if Required() {
-		t.Fatalf("%s (CFSROOT_VMTEST=1 makes this a failure)", msg)
-	}
-	t.Skipf("%s; run make deps to enable VM tests (CFSROOT_VMTEST=0 skips them quietly)", msg)
-}
-
-// RequireTools skips (or fails, see Required) the test unless each command
-// is installed. It also skips when CFSROOT_VMTEST=0.
+// RequireTools ends the test (skip, or failure under CFSROOT_STRICT=1; see
+// testutil.Unavailable) unless each command is installed. It skips under
+// go test -short.
 func RequireTools(t testing.TB, cmds ...string) {
 	t.Helper()
 	if !Enabled() {
-		t.Skip("VM tests disabled by CFSROOT_VMTEST=0")
+		t.Skip("VM tests skipped by go test -short (make unittest)")
 	}
 	for _, c := range cmds {
 		if _, err := exec.LookPath(c); err != nil {
-			unavailable(t, "%s is not installed", c)
+			testutil.Unavailable(t, "%s is not installed: run make deps", c)
 		}
 	}
 }
 
 // RequireKernel returns the test kernel, after checking that QEMU is
-// installed; it skips (or fails, see Required) otherwise.
+// installed; otherwise the test ends as RequireTools says.
 func RequireKernel(t testing.TB) Kernel {
 	t.Helper()
 	RequireTools(t, qemuBinary())
 	k, err := FindKernel()
 	if err != nil {
 		if errors.Is(err, errMissing) {
-			unavailable(t, "%v", err)
+			testutil.Unavailable(t, "%v", err)
 		}
 		t.Fatal(err)
 	}

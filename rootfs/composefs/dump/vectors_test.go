@@ -9,7 +9,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -121,10 +120,6 @@ func buildVector(t testing.TB, v vector) ([]byte, composefs.WriteResult) {
 }
 
 func TestVectors(t *testing.T) {
-	fsverity, _ := exec.LookPath("fsverity")
-	if fsverity == "" && testutil.InCI() {
-		t.Fatal("fsverity (fsverity-utils) not installed; tools/install-deps.sh installs it")
-	}
 	for _, v := range readVectors(t) {
 		t.Run(v.name, func(t *testing.T) {
 			img, res := buildVector(t, v)
@@ -152,7 +147,8 @@ func TestVectors(t *testing.T) {
 			if v.verity != "" && hex.EncodeToString(res.Digest.Sum) != v.verity {
 				t.Errorf("fs-verity digest = %x, README says %s", res.Digest.Sum, v.verity)
 			}
-			if fsverity != "" {
+			t.Run("fsverity", func(t *testing.T) {
+				fsverity := testutil.RequireTool(t, "fsverity")
 				p := filepath.Join(t.TempDir(), "img.cfs")
 				if err := os.WriteFile(p, img, 0o644); err != nil {
 					t.Fatal(err)
@@ -161,7 +157,7 @@ func TestVectors(t *testing.T) {
 				if got := strings.TrimSpace(string(out)); got != "sha256:"+hex.EncodeToString(res.Digest.Sum) && got != hex.EncodeToString(res.Digest.Sum) {
 					t.Errorf("fsverity digest = %s, Write returned %v", got, res.Digest)
 				}
-			}
+			})
 		})
 	}
 }
