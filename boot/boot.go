@@ -92,10 +92,8 @@ type Boot struct {
 	Config *Config
 	Choice Choice
 	Log    *Logger
-	// IPEDir is IPE's securityfs directory (ipe.DefaultDir).
-	IPEDir string
-	// TPMDevice is the TPM to measure into ("" for the default devices).
-	TPMDevice string
+	// Env is the machine the boot runs on (SystemEnv() when nil).
+	Env *Env
 
 	status Status
 }
@@ -128,6 +126,9 @@ type image struct {
 // Run finds, verifies, measures and mounts the image, loads the IPE policy
 // and writes the status file. On success the new root is at NewRoot.
 func (b *Boot) Run(ctx context.Context) (*Status, error) {
+	if b.Env == nil {
+		b.Env = SystemEnv()
+	}
 	cfg := b.Config
 	b.status.Init = cfg.Init
 	b.status.Upper = cfg.Upper
@@ -136,7 +137,7 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 	var trust *signature.TrustStore
 	if err := b.step("config", func() error {
 		var err error
-		trust, err = signature.LoadTrustStore(cfg.TrustedCerts)
+		trust, err = signature.LoadTrustStore(b.Env.path(cfg.TrustedCerts))
 		if err != nil && len(cfg.PinnedDigests) == 0 && b.Choice.Digest == nil {
 			return &StepError{Step: "config", File: cfg.TrustedCerts, Err: err}
 		}
@@ -197,7 +198,7 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 			return nil, err
 		}
 	}
-	if err := b.step("init-check", func() error { return CheckInit(NewRoot, cfg.Init) }); err != nil {
+	if err := b.step("init-check", func() error { return CheckInit(b.Env.path(NewRoot), cfg.Init) }); err != nil {
 		return nil, err
 	}
 	if err := b.writeStatus(); err != nil {
@@ -211,22 +212,22 @@ func (b *Boot) mountDisk(ctx context.Context, selector string) error {
 	if err != nil {
 		return err
 	}
-	dev, err := FindDisk(ctx, sel, time.Duration(b.Config.DiskTimeout))
+	dev, err := b.Env.FindDisk(ctx, sel, time.Duration(b.Config.DiskTimeout))
 	if err != nil {
 		return err
 	}
 	b.Log.Infof("disk", "found %s", dev)
-	if err := os.MkdirAll(DiskDir, 0o700); err != nil {
+	if err := os.MkdirAll(b.Env.path(DiskDir), 0o700); err != nil {
 		return err
 	}
-	if err := unix.Mount(dev.Path, DiskDir, b.Config.DiskFSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil {
+	if err := b.Env.Mounter.Mount(dev.Path, b.Env.path(DiskDir), b.Config.DiskFSType, unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil {
 		return &StepError{Step: "disk", File: dev.Path, Err: fmt.Errorf("mount %s as %s: %w", dev.Path, b.Config.DiskFSType, err)}
 	}
 	return nil
 }
 
 func (b *Boot) repoPath(parts ...string) string {
-	return filepath.Join(append([]string{DiskDir, b.Config.Repository}, parts...)...)
+	return filepath.Join(append([]string{b.Env.path(DiskDir), b.Config.Repository}, parts...)...)
 }
 
 // verifySlot opens NAME.cfs, gets its digest and checks it. first says the
@@ -244,7 +245,7 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 		f.Close()
 		return nil, &StepError{Step: step, File: file, Err: err}
 	}
-	img.digest, err = verity.Measure(f)
+	img.digest, err = b.Env.Digest(f)
 	if err != nil {
 		if !verity.IsNotSupported(err) && !errors.Is(err, verity.ErrNotEnabled) {
 			return fail(path, err)
@@ -297,7 +298,7 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 // and digests the copy, which is what gets mounted: the disk cannot change
 // it behind our back.
 func (b *Boot) copyToRAM(img *image) error {
-	dst := filepath.Join(RunDir, img.name+".cfs")
+	dst := filepath.Join(b.Env.path(RunDir), img.name+".cfs")
 	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o400)
 	if err != nil {
 		return fmt.Errorf("copy image to RAM: %w", err)
@@ -314,15 +315,16 @@ func (b *Boot) copyToRAM(img *image) error {
 }
 
 func (b *Boot) readPolicy(imageName string) ([]byte, error) {
-	p := b.Config.IPEPolicy
-	if p == "image" {
+	p, shown := b.Env.path(b.Config.IPEPolicy), b.Config.IPEPolicy
+	if b.Config.IPEPolicy == "image" {
 		p = b.repoPath("images", imageName+".ipe.p7s")
+		shown = filepath.Join(DiskDir, b.Config.Repository, "images", imageName+".ipe.p7s")
 	}
 	policy, err := os.ReadFile(p)
 	if err != nil {
-		return nil, &StepError{Step: "ipe-read", File: p, Err: err}
+		return nil, &StepError{Step: "ipe-read", File: shown, Err: err}
 	}
-	b.status.IPE = &IPEStatus{Policy: p, SHA256: sha256Hex(policy)}
+	b.status.IPE = &IPEStatus{Policy: shown, SHA256: sha256Hex(policy)}
 	return policy, nil
 }
 
@@ -332,10 +334,11 @@ func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
 	if err != nil {
 		return err
 	}
-	m, err := measure.Open(ctx, b.TPMDevice)
+	m, err := b.Env.OpenTPM(ctx)
 	if err == nil {
 		defer m.Close()
 		m.PCR = *b.Config.PCR
+		m.LogPath = b.Env.path(measure.DefaultLogPath)
 		err = m.ExtendAll(ctx, events)
 	}
 	if err != nil {
@@ -361,14 +364,15 @@ func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
 }
 
 func (b *Boot) mountRoot(img *image) error {
-	for _, d := range []string{ImageDir, NewRoot} {
+	imageDir, newRoot, upperDir := b.Env.path(ImageDir), b.Env.path(NewRoot), b.Env.path(UpperDir)
+	for _, d := range []string{imageDir, newRoot} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
 	// Mount the very file that was measured, through its descriptor.
 	src := fmt.Sprintf("/proc/self/fd/%d", img.file.Fd())
-	loop, err := mount.EROFS(src, ImageDir)
+	loop, err := b.Env.Mounter.EROFS(src, imageDir)
 	if err != nil {
 		return &StepError{Step: "mount", File: img.path, Err: err}
 	}
@@ -379,36 +383,36 @@ func (b *Boot) mountRoot(img *image) error {
 	if _, err := os.Stat(objects); err != nil {
 		// A self-contained image needs no objects; overlay still wants a
 		// data layer.
-		objects = filepath.Join(RunDir, "no-objects")
+		objects = filepath.Join(b.Env.path(RunDir), "no-objects")
 		if err := os.MkdirAll(objects, 0o755); err != nil {
 			return err
 		}
 	}
-	ov := mount.Overlay{Metadata: ImageDir, Objects: objects}
+	ov := mount.Overlay{Metadata: imageDir, Objects: objects}
 	switch b.Config.Upper {
 	case "none":
 	case "tmpfs":
-		if err := os.MkdirAll(UpperDir, 0o755); err != nil {
+		if err := os.MkdirAll(upperDir, 0o755); err != nil {
 			return err
 		}
-		if err := unix.Mount("tmpfs", UpperDir, "tmpfs", unix.MS_NODEV|unix.MS_NOSUID, "mode=0755"); err != nil {
+		if err := b.Env.Mounter.Mount("tmpfs", upperDir, "tmpfs", unix.MS_NODEV|unix.MS_NOSUID, "mode=0755"); err != nil {
 			return fmt.Errorf("mount tmpfs upper layer: %w", err)
 		}
-		ov.Upper, ov.Work = UpperDir+"/upper", UpperDir+"/work"
+		ov.Upper, ov.Work = upperDir+"/upper", upperDir+"/work"
 	default:
 		disk, dir, _ := strings.Cut(b.Config.Upper, ":")
 		sel, _ := ParseDiskSelector(disk)
-		dev, err := FindDisk(context.Background(), sel, time.Duration(b.Config.DiskTimeout))
+		dev, err := b.Env.FindDisk(context.Background(), sel, time.Duration(b.Config.DiskTimeout))
 		if err != nil {
 			return fmt.Errorf("upper layer: %w", err)
 		}
-		if err := os.MkdirAll(UpperDir, 0o755); err != nil {
+		if err := os.MkdirAll(upperDir, 0o755); err != nil {
 			return err
 		}
-		if err := unix.Mount(dev.Path, UpperDir, b.Config.DiskFSType, unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		if err := b.Env.Mounter.Mount(dev.Path, upperDir, b.Config.DiskFSType, unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 			return fmt.Errorf("upper layer: mount %s: %w", dev.Path, err)
 		}
-		ov.Upper, ov.Work = filepath.Join(UpperDir, dir, "upper"), filepath.Join(UpperDir, dir, "work")
+		ov.Upper, ov.Work = filepath.Join(upperDir, dir, "upper"), filepath.Join(upperDir, dir, "work")
 	}
 	for _, d := range []string{ov.Upper, ov.Work} {
 		if d != "" {
@@ -417,7 +421,7 @@ func (b *Boot) mountRoot(img *image) error {
 			}
 		}
 	}
-	if err := ov.Mount(NewRoot); err != nil {
+	if err := b.Env.Mounter.Overlay(ov, newRoot); err != nil {
 		return &StepError{Step: "mount", File: objects, Err: err}
 	}
 	b.Log.Infof("mount", "composefs root mounted at %s (verity=require, upper %s)", NewRoot, b.Config.Upper)
@@ -426,7 +430,7 @@ func (b *Boot) mountRoot(img *image) error {
 
 func (b *Boot) loadPolicy(policy []byte) error {
 	st := b.status.IPE
-	h, err := ipe.Load(b.IPEDir, policy, b.Config.IPEEnforce)
+	h, err := ipe.Load(b.Env.IPEDir, policy, b.Config.IPEEnforce)
 	st.Policy = h.Name
 	st.Version = h.Version
 	if err != nil {
@@ -447,5 +451,5 @@ func (b *Boot) writeStatus() error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(StatusPath, data, 0o644)
+	return atomicfile.WriteFile(b.Env.path(StatusPath), data, 0o644)
 }

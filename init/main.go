@@ -20,7 +20,6 @@ import (
 	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/initramfs/kmod"
 	"github.com/cfsroot/cfsroot/initramfs/layout"
-	"github.com/cfsroot/cfsroot/rootfs/ipe"
 )
 
 func main() {
@@ -76,7 +75,7 @@ func run(log *boot.Logger) (*boot.Config, error) {
 		log.Infof("modules", "loaded %d modules in %v", len(entries), time.Since(start).Round(time.Millisecond))
 	}
 
-	b := &boot.Boot{Config: cfg, Choice: choice, Log: log, IPEDir: ipe.DefaultDir}
+	b := &boot.Boot{Config: cfg, Choice: choice, Log: log, Env: boot.SystemEnv()}
 	st, err := b.Run(context.Background())
 	if err != nil {
 		return cfg, err
