@@ -5,14 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/u-root/u-root/pkg/mount/block"
 )
 
 // DiskSelector names a block device the way fstab does.
@@ -79,7 +78,8 @@ func (d BlockDevice) matches(s DiskSelector) bool {
 }
 
 // FindDisk waits until a block device matching sel appears, polling
-// /sys/class/block, and returns it. On timeout the error lists the block
+// /sys/class/block, and returns it. Two or more matching devices are an
+// ErrAmbiguousDisk: the boot fails closed rather than pick one. On timeout the error lists the block
 // devices that were seen, so the user can tell a wrong label from a
 // missing driver.
 func FindDisk(ctx context.Context, sel DiskSelector, timeout time.Duration) (BlockDevice, error) {
@@ -90,15 +90,13 @@ func FindDisk(ctx context.Context, sel DiskSelector, timeout time.Duration) (Blo
 	for {
 		devs := ScanBlockDevices("/sys/class/block", "/dev")
 		if sel.Kind == "PARTUUID" {
-			ids := partUUIDs()
+			ids := partUUIDs("/sys/class/block", "/dev")
 			for i := range devs {
 				devs[i].PartUUID = ids[devs[i].Path]
 			}
 		}
-		for _, d := range devs {
-			if d.matches(sel) {
-				return d, nil
-			}
+		if d, ok, err := selectDisk(devs, sel); ok || err != nil {
+			return d, err
 		}
 		select {
 		case <-ctx.Done():
@@ -114,6 +112,33 @@ func FindDisk(ctx context.Context, sel DiskSelector, timeout time.Duration) (Blo
 		case <-tick.C:
 		}
 	}
+}
+
+// ErrAmbiguousDisk is returned when more than one block device matches
+// the selector: a USB stick carrying the appliance's label must not get to
+// choose which filesystem the boot uses, so the boot stops instead.
+var ErrAmbiguousDisk = errors.New("more than one block device matches")
+
+// selectDisk returns the one device in devs matching sel. ok is false when
+// none does; more than one is an ErrAmbiguousDisk naming them all.
+func selectDisk(devs []BlockDevice, sel DiskSelector) (d BlockDevice, ok bool, err error) {
+	var found []BlockDevice
+	for _, d := range devs {
+		if d.matches(sel) {
+			found = append(found, d)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return BlockDevice{}, false, nil
+	case 1:
+		return found[0], true, nil
+	}
+	var names []string
+	for _, d := range found {
+		names = append(names, d.String())
+	}
+	return BlockDevice{}, false, fmt.Errorf("%s: %w: %s; remove the extra one or select the disk by a unique UUID=/PARTUUID=", sel, ErrAmbiguousDisk, strings.Join(names, "; "))
 }
 
 // ScanBlockDevices lists the block devices in sysDir (/sys/class/block)
@@ -138,29 +163,6 @@ func ScanBlockDevices(sysDir, devDir string) []BlockDevice {
 	}
 	sort.Slice(devs, func(i, j int) bool { return devs[i].Path < devs[j].Path })
 	return devs
-}
-
-// partUUIDs maps partition device paths to their GPT partition UUIDs,
-// read from the partition tables by u-root's block package.
-func partUUIDs() map[string]string {
-	devs, err := block.GetBlockDevices()
-	if err != nil {
-		return nil
-	}
-	m := map[string]string{}
-	for _, d := range devs {
-		t, err := d.GPTTable()
-		if err != nil {
-			continue
-		}
-		for i, p := range t.Partitions {
-			if p.IsEmpty() {
-				continue
-			}
-			m["/dev/"+block.ComposePartName(d.Name, i+1)] = strings.ToLower(p.Id.String())
-		}
-	}
-	return m
 }
 
 // probeExt4 reads the label and UUID of an ext2/3/4 superblock.
