@@ -18,13 +18,14 @@ import (
 	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/dump"
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
 )
 
 func init() {
 	register(&command{
 		name: "mkimage",
 		args: "[--digest-store DIR] [--use-epoch] [--min-version N] [--max-version N] [--from-file] " +
-			"[--skip-xattrs] [--user-xattrs] [--skip-devices] [--external-exec] [--threads N] [--print-digest] [--print-digest-only] SOURCE [IMAGE]",
+			"[--skip-xattrs] [--user-xattrs] [--skip-devices] [--external-exec] [--security-version N] [--product NAME] [--threads N] [--print-digest] [--print-digest-only] SOURCE [IMAGE]",
 		summary: "build a composefs image from a directory or a dump file, byte for byte as mkcomposefs 1.0.8 does",
 		run:     runMkimage,
 	})
@@ -36,7 +37,13 @@ mkcomposefs). IMAGE is written through a temporary file and renamed, or
 to stdout if it is - (not a terminal). With --print-digest-only there is no
 IMAGE. The flags are mkcomposefs' (but --external-exec); without --min-version and --max-version
 the format version is 0, or 1 if the tree has whiteouts; giving one of them
-makes the other default to 0.`
+makes the other default to 0.
+
+--security-version and --product (not in mkcomposefs) add /.cfsroot/security-version
+and /.cfsroot/product to the image, so its signature covers them; cfsroot's init
+refuses an image whose version is below its floor or whose product is not the
+one its config names. Without them the image is mkcomposefs' byte for byte, and
+reads as version 0, product "".`
 
 func runMkimage(args []string, stdout, stderr io.Writer) error {
 	c := commands["mkimage"]
@@ -52,6 +59,8 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 	userXattrs := fs.Bool("user-xattrs", false, "store only user.* xattrs")
 	skipDevices := fs.Bool("skip-devices", false, "do not store block and character devices (whiteouts included)")
 	externalExec := fs.Bool("external-exec", false, "keep files with an execute bit external (an object with an fs-verity digest) however small,\nso that IPE rules (cfsroot policy generate) can allow them; NOT in mkcomposefs: the image bytes\ndiffer from mkcomposefs' when the tree has executables of 64 bytes or less")
+	secVersion := fs.Uint64("security-version", 0, "anti-rollback: write security version `N` into the image (/.cfsroot/security-version)")
+	product := fs.String("product", "", "anti-rollback: write the product `NAME` the image is for into the image (/.cfsroot/product)")
 	threads := fs.Int("threads", 0, "files digested and copied at once (default: the number of CPUs)")
 	printDigest := fs.Bool("print-digest", false, "print the image's fs-verity digest (hex)")
 	printDigestOnly := fs.Bool("print-digest-only", false, "print the image's fs-verity digest, write no image")
@@ -96,6 +105,9 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 			return usagef("mkimage: format versions are 0 or 1, got %d", v)
 		}
 	}
+	if err := secversion.CheckProduct(*product); err != nil {
+		return usagef("mkimage: --product: %v", err)
+	}
 	if *fromFile {
 		// mkcomposefs ignores these with --from-file; so do we, but say so.
 		for _, name := range []string{"digest-store", "use-epoch", "skip-xattrs", "user-xattrs", "skip-devices", "threads", "external-exec"} {
@@ -119,6 +131,11 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 	}
 	if err != nil {
 		return fmt.Errorf("mkimage: %w", err)
+	}
+	if set["security-version"] || set["product"] {
+		if err := secversion.Add(root, secversion.Info{Version: *secVersion, Product: *product}); err != nil {
+			return fmt.Errorf("mkimage: %w", err)
+		}
 	}
 
 	var res composefs.WriteResult

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
 )
 
 func composefsVectors(t *testing.T) string {
@@ -219,4 +220,45 @@ func listFiles(t *testing.T, dir string) string {
 	})
 	sort.Strings(out)
 	return strings.Join(out, " ")
+}
+
+// TestMkimageSecurityVersion: --security-version and --product put the
+// version into the image (read back by secversion, whose format
+// TestAddMatchesMkcomposefs checks against mkcomposefs); without them the
+// image has none; bad values are usage errors.
+func TestMkimageSecurityVersion(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "tree.dump")
+	if err := os.WriteFile(src, []byte("/ 4096 40755 2 0 0 0 0.0 - - -\n/etc 4096 40755 2 0 0 0 0.0 - - -\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		flags []string
+		want  secversion.Info
+	}{
+		{nil, secversion.Info{}},
+		{[]string{"--security-version", "3"}, secversion.Info{Version: 3}},
+		{[]string{"--security-version=12", "--product", "appliance"}, secversion.Info{Version: 12, Product: "appliance"}},
+		{[]string{"--product", "debug"}, secversion.Info{Product: "debug"}},
+	} {
+		out := filepath.Join(t.TempDir(), "img.cfs")
+		args := append(append([]string{"mkimage", "--from-file"}, tc.flags...), src, out)
+		if _, stderr, err := runCmd(t, args...); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, stderr)
+		}
+		img, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := secversion.ReadAt(bytes.NewReader(img), int64(len(img)))
+		if err != nil || got != tc.want {
+			t.Errorf("%v: image says %+v, %v; want %+v", tc.flags, got, err, tc.want)
+		}
+	}
+	for _, bad := range [][]string{{"--product", "a/b"}, {"--security-version", "-1"}, {"--security-version", "x"}} {
+		args := append(append([]string{"mkimage", "--from-file"}, bad...), src, filepath.Join(t.TempDir(), "x.cfs"))
+		var ue *usageError
+		if _, _, err := runCmd(t, args...); !errors.As(err, &ue) {
+			t.Errorf("%v: %v, want a usage error", bad, err)
+		}
+	}
 }
