@@ -2,6 +2,7 @@ package signature
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -190,10 +191,73 @@ func verifyOne(p7 *pkcs7.PKCS7) (err error) {
 		}
 	}()
 	s := p7.Signers[0]
-	if _, ok := hashOfOID(s.DigestAlgorithm.Algorithm); !ok {
-		return fmt.Errorf("digest algorithm %v is not accepted (use SHA-256, SHA-384 or SHA-512)", s.DigestAlgorithm.Algorithm)
+	if err := checkAlgorithms(s.DigestAlgorithm.Algorithm, s.DigestEncryptionAlgorithm.Algorithm); err != nil {
+		return err
 	}
 	return p7.Verify()
+}
+
+var (
+	oidSHA1             = asn1.ObjectIdentifier{1, 3, 14, 3, 2, 26}
+	oidECPublicKeyP256  = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	oidECPublicKeyP384  = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
+	signatureAlgorithms = []struct {
+		oid  asn1.ObjectIdentifier
+		hash string // "" when the digest algorithm field decides the hash
+	}{
+		{oidRSAEncryption, ""},
+		{asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}, "sha256"}, // sha256WithRSAEncryption
+		{asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 12}, "sha384"},
+		{asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 13}, "sha512"},
+		{oidECDSAWithSHA[crypto.SHA256], "sha256"},
+		{oidECDSAWithSHA[crypto.SHA384], "sha384"},
+		{oidECDSAWithSHA[crypto.SHA512], "sha512"},
+		{oidECPublicKeyP256, ""},
+		{oidECPublicKeyP384, ""},
+	}
+)
+
+// checkAlgorithms accepts a SignerInfo's digest algorithm only if it is
+// SHA-256, SHA-384 or SHA-512, and its signature algorithm only if it is
+// RSA or ECDSA with no hash of its own or with that same hash. The PKCS#7
+// library picks the signature's hash from the signature algorithm for
+// ECDSA, so checking the digest field alone let an ecdsa-with-SHA1
+// signature through; SHA-1 is refused in both fields, as is any other
+// algorithm the library knows (DSA, MD5, SHA-224).
+func checkAlgorithms(digest, sig asn1.ObjectIdentifier) error {
+	h, ok := hashOfOID(digest)
+	if !ok {
+		if digest.Equal(oidSHA1) {
+			return errors.New("digest algorithm SHA-1 is refused (use SHA-256, SHA-384 or SHA-512)")
+		}
+		return fmt.Errorf("digest algorithm %v is not accepted (use SHA-256, SHA-384 or SHA-512)", digest)
+	}
+	for _, a := range signatureAlgorithms {
+		if !sig.Equal(a.oid) {
+			continue
+		}
+		if a.hash != "" && a.hash != h {
+			return fmt.Errorf("signature algorithm %v uses %s, the digest algorithm is %s: refused", sig, a.hash, h)
+		}
+		return nil
+	}
+	if strings.Contains(sigAlgorithmName(sig), "SHA-1") {
+		return fmt.Errorf("signature algorithm %s (%v) is refused: SHA-1", sigAlgorithmName(sig), sig)
+	}
+	return fmt.Errorf("signature algorithm %v is not accepted (use RSA PKCS#1 v1.5 or ECDSA with SHA-256, SHA-384 or SHA-512)", sig)
+}
+
+// sigAlgorithmName names the SHA-1 signature algorithms in refusals.
+func sigAlgorithmName(oid asn1.ObjectIdentifier) string {
+	switch oid.String() {
+	case "1.2.840.10045.4.1":
+		return "ecdsa-with-SHA-1"
+	case "1.2.840.113549.1.1.5":
+		return "sha1WithRSAEncryption (SHA-1)"
+	case "1.2.840.10040.4.3":
+		return "dsa-with-SHA-1"
+	}
+	return oid.String()
 }
 
 func hashOfOID(oid asn1.ObjectIdentifier) (string, bool) {
