@@ -45,6 +45,25 @@ func (r *Report) Missing(l Level) []Result {
 	return out
 }
 
+// Modes returns the IPE policy modes of cfsroot that the kernel supports,
+// "digest" (a fsverity_digest rule per executable) and "signature" (one
+// fsverity_signature rule, objects enabled with builtin signatures), in that
+// order. The signature mode needs everything the digest mode needs.
+func (r *Report) Modes() []string {
+	if !r.OK() {
+		return nil
+	}
+	modes := []string{"digest"}
+	ok := map[string]bool{}
+	for _, res := range r.Results {
+		ok[res.ID] = res.OK
+	}
+	if ok["ipe-fs-verity-signature"] && ok["fs-verity-builtin-signatures"] {
+		modes = append(modes, "signature")
+	}
+	return modes
+}
+
 // OK reports whether every required requirement is met.
 func (r *Report) OK() bool { return len(r.Missing(Required)) == 0 }
 

@@ -147,6 +147,11 @@ func printKernelReport(w io.Writer, path string, cfg *kernelcfg.Config, opt kern
 	if mods := rep.Modules(); len(mods) > 0 {
 		fmt.Fprintf(w, "modules the initramfs must load: %s\n", strings.Join(mods, " "))
 	}
+	if modes := rep.Modes(); len(modes) > 0 {
+		fmt.Fprintf(w, "IPE policy modes: %s\n", strings.Join(modes, ", "))
+	} else {
+		fmt.Fprintln(w, "IPE policy modes: none (required options are missing)")
+	}
 	fmt.Fprintf(w, "missing: %d required, %d recommended, %d optional\n",
 		len(rep.Missing(kernelcfg.Required)), len(rep.Missing(kernelcfg.Recommended)), len(rep.Missing(kernelcfg.Optional)))
 }

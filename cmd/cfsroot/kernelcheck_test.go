@@ -34,6 +34,7 @@ func TestKernelCheckDebian(t *testing.T) {
 		t.Fatalf("trixie: %v\n%s", err, out)
 	}
 	for _, want := range []string{"Linux 6.12.", "modules the initramfs must load: erofs ext4 overlay virtio_blk",
+		"IPE policy modes: digest, signature",
 		"missing: 0 required, 0 recommended, 0 optional"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("trixie output lacks %q:\n%s", want, out)
@@ -52,6 +53,7 @@ func TestKernelCheckDebian(t *testing.T) {
 		"MISSING ipe-lsm [required]: CONFIG_LSM=",
 		"IPE enforces the signed policy", // the reason is printed
 		"loop",                           // the EROFS loop fallback is a module to load
+		"IPE policy modes: none",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("bookworm output lacks %q:\n%s", want, out)
@@ -93,6 +95,8 @@ func TestKernelCheckSynthetic(t *testing.T) {
 	verityModule := write("veritym", strings.Replace(good, "CONFIG_FS_VERITY=y", "CONFIG_FS_VERITY=m", 1))
 	noIPE := write("noipe", strings.Replace(good, "CONFIG_SECURITY_IPE=y", "# CONFIG_SECURITY_IPE is not set", 1))
 	noHeader := write("noheader", strings.SplitN(good, "\n", 2)[1])
+	signatureMode := write("sigmode", good+"CONFIG_FS_VERITY_BUILTIN_SIGNATURES=y\nCONFIG_IPE_PROP_FS_VERITY_BUILTIN_SIG=y\n")
+	sigPropOnly := write("sigprop", good+"CONFIG_IPE_PROP_FS_VERITY_BUILTIN_SIG=y\n")
 
 	for _, tc := range []struct {
 		name    string
@@ -101,7 +105,9 @@ func TestKernelCheckSynthetic(t *testing.T) {
 		usage   bool   // a usage error (exit 2)
 		wantOut string
 	}{
-		{name: "good", args: []string{goodPath}, wantOut: "missing: 0 required"},
+		{name: "good", args: []string{goodPath}, wantOut: "IPE policy modes: digest\nmissing: 0 required"},
+		{name: "signature mode", args: []string{signatureMode}, wantOut: "IPE policy modes: digest, signature\n"},
+		{name: "signature property without builtin signatures", args: []string{sigPropOnly}, wantOut: "IPE policy modes: digest\n"},
 		{name: "gzip", args: []string{gzPath}, wantOut: "Linux 6.12.3"},
 		{name: "no ipe", args: []string{noIPE}, wantErr: "lacks 1 required", wantOut: "CONFIG_SECURITY_IPE is not set"},
 		{name: "module where built-in is needed", args: []string{verityModule}, wantErr: "lacks 1 required",

@@ -2,11 +2,13 @@ package main
 
 import (
 	"crypto"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
@@ -26,12 +28,16 @@ func init() {
 var (
 	policyGenerate = &command{
 		name: "policy generate",
-		args: "[--store DIR | --source DIR] [--name N] [--version A.B.C] [--files exec|all] [--allow-initramfs] [-o FILE] IMAGE",
-		summary: "Write an IPE policy that denies execution except of the files of the composefs IMAGE\n" +
-			"(one `op=EXECUTE fsverity_digest=` rule per distinct object). Files of at most 64 bytes\n" +
-			"stored inline in the image have no object and cannot be allowed: they are named in a warning.\n" +
+		args: "[--mode digest|signature] [--store DIR | --source DIR] [--name N] [--version A.B.C] [--files exec|all] [--allow-initramfs] [-o FILE] IMAGE",
+		summary: "Write an IPE policy that denies execution except of the files of the composefs IMAGE.\n" +
+			"--mode digest (the default): one `op=EXECUTE fsverity_digest=` rule per distinct object. Files of at\n" +
+			"most 64 bytes stored inline in the image have no object and cannot be allowed: they are named in a warning.\n" +
 			"Without --store or --source, external files are judged by mode and name only (an execute bit, or *.so*).\n" +
-			"The kernel parses at most 65535 bytes of signed policy: about 570 rules (it warns beyond).",
+			"The kernel parses at most 65535 bytes of signed policy: about 570 rules (it warns beyond).\n" +
+			"--mode signature: the one rule `op=EXECUTE fsverity_signature=TRUE action=ALLOW`, for any size of root:\n" +
+			"every object enabled with a builtin signature (cfsroot sign-objects, enable-objects) may execute. IMAGE\n" +
+			"is optional then; given, its inline executables are named in a warning (build with mkimage --external-exec).\n" +
+			"In both modes only EXECUTE is restricted: KMODULE, FIRMWARE, KEXEC_*, POLICY and X509_CERT are allowed.",
 	}
 	policySign = &command{
 		name: "policy sign",
@@ -70,9 +76,17 @@ func runPolicyGenerate(args []string, stdout, stderr io.Writer) error {
 	files := fs.String("files", "exec", "which files get rules: exec (execute bits, ELF objects including shared libraries, #! scripts) or all (every file with an object)")
 	initramfs := fs.Bool("allow-initramfs", false, "also allow executing files from the initramfs (boot_verified=TRUE), for a policy activated before switch_root")
 	out := fs.String("o", "", "write the policy to `FILE` (default: standard output)")
+	mode := fs.String("mode", "digest", "digest (a rule per executable object) or signature (one rule: objects with a builtin fs-verity signature)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
+	}
+	switch *mode {
+	case "digest":
+	case "signature":
+		return policyGenerateSigned(pos, *name, *version, *initramfs, *out, fs, stdout, stderr)
+	default:
+		return usagef("policy generate: --mode %q: want digest or signature", *mode)
 	}
 	if len(pos) != 1 {
 		return usagef("policy generate: want one IMAGE, got %d arguments", len(pos))
@@ -142,20 +156,70 @@ func runPolicyGenerate(args []string, stdout, stderr io.Writer) error {
 	return atomicfile.WriteFile(*out, text, 0o644)
 }
 
+// policyGenerateSigned writes the signature-mode policy: constant but for its
+// name and version. An image, if given, is only checked for executables
+// that cannot carry a signature.
+func policyGenerateSigned(pos []string, name, version string, initramfs bool, out string, fs *flag.FlagSet, stdout, stderr io.Writer) error {
+	if len(pos) > 1 {
+		return usagef("policy generate: want at most one IMAGE with --mode signature, got %d arguments", len(pos))
+	}
+	var ignored []string
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "store" || f.Name == "source" || f.Name == "files" {
+			ignored = append(ignored, "--"+f.Name)
+		}
+	})
+	if len(ignored) > 0 {
+		return usagef("policy generate: %s: no use with --mode signature (the policy names no file)", strings.Join(ignored, ", "))
+	}
+	if err := ipe.CheckName(name); err != nil {
+		return usagef("policy generate: --name: %v", err)
+	}
+	if _, err := ipe.ParseVersion(version); err != nil {
+		return usagef("policy generate: --version: %v", err)
+	}
+	if len(pos) == 1 {
+		if err := warnInlineExecutables(pos, stderr); err != nil {
+			return fmt.Errorf("policy generate: %w", err)
+		}
+	}
+	p := ipe.Policy{Name: name, Version: version, AllowBootVerified: initramfs, AllowSigned: true}
+	text, err := p.MarshalText()
+	if err != nil {
+		return fmt.Errorf("policy generate: %w", err)
+	}
+	fmt.Fprintf(stderr, "cfsroot: policy %s %s: objects with a builtin fs-verity signature may execute (%d bytes)\n", name, version, len(text))
+	if out == "" {
+		_, err = stdout.Write(text)
+		return err
+	}
+	return atomicfile.WriteFile(out, text, 0o644)
+}
+
 // openStore returns the object directory: DIR itself, or DIR/objects when
 // DIR is a composefs repository.
 func openStore(dir string) (fs.FS, error) {
+	dir, err := storeDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return os.DirFS(dir), nil
+}
+
+// storeDir returns the object directory: dir itself, or dir/objects when
+// dir is a composefs repository.
+func storeDir(dir string) (string, error) {
 	st, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("object store: %w", err)
+		return "", fmt.Errorf("object store: %w", err)
 	}
 	if !st.IsDir() {
-		return nil, fmt.Errorf("object store %s is not a directory", dir)
+		return "", fmt.Errorf("object store %s is not a directory", dir)
 	}
 	if st, err := os.Stat(filepath.Join(dir, "objects")); err == nil && st.IsDir() {
 		dir = filepath.Join(dir, "objects")
 	}
-	return os.DirFS(dir), nil
+	return dir, nil
 }
 
 // warnPaths prints one warning naming paths (at most 20, then a count).

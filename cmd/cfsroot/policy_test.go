@@ -393,3 +393,35 @@ func TestPolicySize(t *testing.T) {
 		t.Errorf("generate with 600 rules: %v, stderr:\n%s", err, errs)
 	}
 }
+
+// TestPolicyGenerateSignature: --mode signature writes the one-rule policy
+// (loaded and enforced by the kernel in TestIPEComposefs and TestDemo), names
+// an image's inline executables, and refuses the digest mode's flags.
+func TestPolicyGenerateSignature(t *testing.T) {
+	_, store, image := policyImage(t)
+	want := "policy_name=os policy_version=1.2.3\nDEFAULT action=ALLOW\nDEFAULT op=EXECUTE action=DENY\n" +
+		"op=EXECUTE fsverity_signature=TRUE action=ALLOW\n"
+	out, errs, err := runCLI(t, "policy", "generate", "--mode", "signature", "--name", "os", "--version", "1.2.3")
+	if err != nil || out != want {
+		t.Fatalf("no image: %v\n%s\nwant\n%s", err, out, want)
+	}
+	out, errs, err = runCLI(t, "policy", "generate", "--mode", "signature", "--name", "os", "--version", "1.2.3", "--allow-initramfs", image)
+	wantInitramfs := strings.Replace(want, "op=EXECUTE fsverity", "op=EXECUTE boot_verified=TRUE action=ALLOW\nop=EXECUTE fsverity", 1)
+	if err != nil || out != wantInitramfs {
+		t.Fatalf("with image: %v\n%s\nwant\n%s", err, out, wantInitramfs)
+	}
+	if !strings.Contains(errs, "1 executables are stored inline") || !strings.Contains(errs, image+":/bin/short") {
+		t.Errorf("stderr does not name the inline executable:\n%s", errs)
+	}
+	var ue *usageError
+	for _, args := range [][]string{
+		{"--mode", "signature", "--store", store, image},
+		{"--mode", "signature", "--files", "all"},
+		{"--mode", "signature", image, image},
+		{"--mode", "hash", image},
+	} {
+		if _, _, err := runCLI(t, append([]string{"policy", "generate"}, args...)...); !errors.As(err, &ue) {
+			t.Errorf("%v: err %v, want a usage error", args, err)
+		}
+	}
+}

@@ -92,6 +92,12 @@ type Policy struct {
 	// execution from the initramfs (the superblock the kernel unpacked it
 	// into), needed only when the policy is active before switch_root.
 	AllowBootVerified bool
+	// AllowSigned adds `op=EXECUTE fsverity_signature=TRUE action=ALLOW`:
+	// execution of any file whose fs-verity was enabled with a builtin
+	// signature the kernel verified against the .fs-verity keyring (through
+	// a composefs overlay, IPE looks at the object). One rule for a whole
+	// root, whatever its size: the signature mode.
+	AllowSigned bool
 	// Digests are the fs-verity digests allowed to execute, one rule each,
 	// written in this order (IPE evaluates rules in order).
 	Digests []verity.Digest
@@ -103,7 +109,12 @@ type Policy struct {
 //	DEFAULT action=ALLOW
 //	DEFAULT op=EXECUTE action=DENY
 //	op=EXECUTE boot_verified=TRUE action=ALLOW            (AllowBootVerified)
+//	op=EXECUTE fsverity_signature=TRUE action=ALLOW       (AllowSigned)
 //	op=EXECUTE fsverity_digest=sha256:<hex> action=ALLOW  (one per digest)
+//
+// Operations other than EXECUTE (KMODULE, FIRMWARE, KEXEC_*, POLICY,
+// X509_CERT) are allowed: kernel modules are left to the kernel's module
+// signature check, which Secure Boot's lockdown enforces.
 func (p *Policy) MarshalText() ([]byte, error) {
 	if err := CheckName(p.Name); err != nil {
 		return nil, fmt.Errorf("ipe policy: %w", err)
@@ -118,6 +129,9 @@ func (p *Policy) MarshalText() ([]byte, error) {
 	b.WriteString("DEFAULT op=EXECUTE action=DENY\n")
 	if p.AllowBootVerified {
 		b.WriteString("op=EXECUTE boot_verified=TRUE action=ALLOW\n")
+	}
+	if p.AllowSigned {
+		b.WriteString("op=EXECUTE fsverity_signature=TRUE action=ALLOW\n")
 	}
 	for _, d := range p.Digests {
 		if n := d.Algorithm.Size(); n == 0 || len(d.Sum) != n {

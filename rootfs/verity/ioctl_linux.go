@@ -1,6 +1,7 @@
 package verity
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -119,4 +120,76 @@ func Measure(f *os.File) (Digest, error) {
 		return Digest{}, fmt.Errorf("measure fs-verity of %s: kernel returned unknown algorithm %d (size %d)", f.Name(), buf.hdr.Algorithm, buf.hdr.Size)
 	}
 	return Digest{Algorithm: alg, Sum: append([]byte(nil), buf.sum[:buf.hdr.Size]...)}, nil
+}
+
+// MaxSignatureSize bounds a builtin signature: the kernel stores it in the
+// fs-verity descriptor, which it limits to 16 KiB (FS_VERITY_MAX_DESCRIPTOR_SIZE).
+const MaxSignatureSize = 16384
+
+// ErrNoSignature is returned (wrapped) by EnableSigned when fs-verity is
+// already enabled on the file without a builtin signature.
+var ErrNoSignature = errors.New("fs-verity is enabled without a builtin signature")
+
+// ErrOtherSignature is returned (wrapped) by EnableSigned when fs-verity is
+// already enabled on the file with a builtin signature other than the one
+// given (another signer, or another signing of the same digest).
+var ErrOtherSignature = errors.New("fs-verity is enabled with another builtin signature")
+
+// EnableSigned enables fs-verity on f (SHA-256, 4 KiB blocks, no salt: what
+// composefs objects use) with the builtin signature sig, which the kernel
+// checks against the .fs-verity keyring: IPE's fsverity_signature=TRUE then
+// matches the file. If fs-verity is already enabled, it succeeds only if it
+// was enabled with exactly sig, and otherwise returns an error wrapping
+// ErrNoSignature or ErrOtherSignature: a file once enabled keeps its
+// signature for good, so an installer must know it is not the one it meant.
+func EnableSigned(f *os.File, sig []byte) error {
+	if len(sig) == 0 {
+		return fmt.Errorf("enable fs-verity on %s: empty builtin signature", f.Name())
+	}
+	err := Enable(f, Params{}, sig)
+	if !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	have, err := ReadSignature(f)
+	switch {
+	case err != nil:
+		return err
+	case have == nil:
+		return fmt.Errorf("enable fs-verity on %s: %w", f.Name(), ErrNoSignature)
+	case !bytes.Equal(have, sig):
+		return fmt.Errorf("enable fs-verity on %s: %w", f.Name(), ErrOtherSignature)
+	}
+	return nil
+}
+
+// ReadSignature returns the builtin signature fs-verity was enabled with on
+// f (FS_IOC_READ_VERITY_METADATA), nil if it was enabled without one, and an
+// error wrapping ErrNotEnabled if fs-verity is not enabled. The kernel
+// verified the signature against the .fs-verity keyring when it was enabled
+// (unless the kernel lacks CONFIG_FS_VERITY_BUILTIN_SIGNATURES); the bytes
+// are what the caller may check again against its own certificates.
+func ReadSignature(f *os.File) ([]byte, error) {
+	// ENODATA means both "no fs-verity" and "no signature": tell them apart.
+	if _, err := Measure(f); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, MaxSignatureSize)
+	arg := struct {
+		metadataType, offset, length, bufPtr, reserved uint64
+	}{
+		metadataType: unix.FS_VERITY_METADATA_TYPE_SIGNATURE,
+		length:       uint64(len(buf)),
+		bufPtr:       uint64(uintptr(unsafe.Pointer(&buf[0]))),
+	}
+	n, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.FS_IOC_READ_VERITY_METADATA, uintptr(unsafe.Pointer(&arg)))
+	runtime.KeepAlive(buf)
+	switch errno {
+	case 0:
+		return buf[:n:n], nil
+	case unix.ENODATA:
+		return nil, nil
+	case unix.ENOTTY, unix.EOPNOTSUPP:
+		return nil, fmt.Errorf("read the builtin signature of %s: %w (%v)", f.Name(), ErrNotSupported, errno)
+	}
+	return nil, fmt.Errorf("read the builtin signature of %s: %w", f.Name(), errno)
 }
