@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
 )
 
 // GCResult says what a garbage collection removed (or would remove).
@@ -93,6 +94,10 @@ func (r *Repo) GC(keep []string, dryRun bool) (*GCResult, error) {
 			return nil
 		}
 		if referenced[filepath.ToSlash(rel)] {
+			return nil
+		}
+		// An object's builtin signature (objsig) goes with its object.
+		if obj, ok := strings.CutSuffix(filepath.ToSlash(rel), objsig.Suffix); ok && referenced[obj] {
 			return nil
 		}
 		info, err := d.Info()

@@ -25,6 +25,7 @@ import (
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -600,5 +601,40 @@ func TestWriteStateLeavesNoTemp(t *testing.T) {
 	}
 	if err := WriteState(dir, State{Good: "a", Trial: "a"}); err == nil {
 		t.Error("WriteState accepted an invalid state")
+	}
+}
+
+// TestGCKeepsObjectSignatures: an object's builtin-signature file
+// (objsig.Path) is kept while its object is referenced and removed with an
+// unreferenced one.
+func TestGCKeepsObjectSignatures(t *testing.T) {
+	s := newSigner(t, "image signer")
+	trust := signature.NewTrustStore(s.cert)
+	srcStore := filepath.Join(t.TempDir(), "objects")
+	b1 := build(t, s, srcStore, tree1)
+	r, err := Open(filepath.Join(t.TempDir(), "composefs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	install(t, r, trust, "a", b1)
+	info := testutil.ComposefsTool(t, "composefs-info")
+	objs := strings.Fields(string(testutil.Run(t, info, "objects", b1.image)))
+	for _, o := range objs {
+		if err := os.WriteFile(r.Path(ObjectsDir, objsig.Path(o)), []byte("sig"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	orphan := objs[0][:3] + strings.Repeat("0", 62) + objsig.Suffix
+	if err := os.WriteFile(r.Path(ObjectsDir, orphan), []byte("sig"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g, err := r.GC([]string{"a"}, false)
+	if err != nil || !slices.Equal(g.Removed, []string{orphan}) {
+		t.Fatalf("gc: %v, removed %v, want only %s", err, g, orphan)
+	}
+	for _, o := range objs {
+		if _, err := os.Stat(r.Path(ObjectsDir, objsig.Path(o))); err != nil {
+			t.Errorf("signature of referenced object %s: %v", o, err)
+		}
 	}
 }
