@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/metrics"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/dump"
@@ -137,6 +139,11 @@ func runMkimage(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("mkimage: %w", err)
 		}
 	}
+	if !*fromFile {
+		for _, w := range rootLayoutWarnings(source) {
+			fmt.Fprintf(stderr, "cfsroot mkimage: warning: %s\n", w)
+		}
+	}
 
 	var res composefs.WriteResult
 	switch {
@@ -239,6 +246,29 @@ func readDir(dir, storeDir string, opts composefs.BuildOptions, stderr io.Writer
 		defer p.clear()
 	}
 	return composefs.FromDir(dir, &opts)
+}
+
+// rootLayoutWarnings says what cfsroot's init will miss in the root tree
+// dir: the directories it moves its /dev, /proc, /sys and /run mounts into
+// at switch_root, and /sbin/init, the program it runs by default (resolved
+// inside dir, as the init resolves it). mkimage builds any tree, so these are
+// warnings, but an image without them does not boot.
+func rootLayoutWarnings(dir string) []string {
+	var warnings, missing []string
+	for _, d := range []string{"dev", "proc", "sys", "run"} {
+		if fi, err := os.Lstat(filepath.Join(dir, d)); err != nil || !fi.IsDir() {
+			missing = append(missing, "/"+d)
+		}
+	}
+	if len(missing) > 0 {
+		warnings = append(warnings, fmt.Sprintf("%s has no directory %s: cfsroot's init moves its /dev, /proc, /sys and /run "+
+			"into the root at switch_root and stops the boot without them (create them, empty)", dir, strings.Join(missing, ", ")))
+	}
+	if err := boot.CheckInit(dir, boot.DefaultInit); err != nil {
+		warnings = append(warnings, fmt.Sprintf("%s: %v (cfsroot's init runs %s unless its config's \"init\" names another program)",
+			dir, err, boot.DefaultInit))
+	}
+	return warnings
 }
 
 // writeImageFile writes the image through a temporary file beside path,
