@@ -347,7 +347,7 @@ func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
 			b.status.TPM.Error = err.Error()
 			return nil
 		}
-		return fmt.Errorf("tpm is required: %w", err)
+		return fmt.Errorf(`tpm is required (a config with "tpm": "optional" boots unmeasured without one): %w`, err)
 	}
 	b.status.TPM.Measured = true
 	for _, e := range events {

@@ -609,8 +609,9 @@ func TestRunTPM(t *testing.T) {
 			st, err := h.run(h.config(baseConfig+`, "tpm": "`+mode+`"}`), "")
 			if mode == "required" {
 				var se *StepError
-				if !errors.As(err, &se) || se.Step != "measure" || !strings.Contains(err.Error(), "no TPM") {
-					t.Fatalf("Run = %v, want step measure: no TPM", err)
+				if !errors.As(err, &se) || se.Step != "measure" || !strings.Contains(err.Error(), "no TPM") ||
+					!strings.Contains(err.Error(), `"tpm": "optional"`) {
+					t.Fatalf(`Run = %v, want step measure: no TPM, naming "tpm": "optional"`, err)
 				}
 				return
 			}
