@@ -32,11 +32,15 @@ type Status struct {
 	Signer       string        `json:"signer,omitempty"`
 	SignerSHA256 string        `json:"signer_sha256,omitempty"`
 	Refused      []SlotRefusal `json:"refused,omitempty"`
-	TPM          TPMStatus     `json:"tpm"`
-	IPE          *IPEStatus    `json:"ipe,omitempty"`
-	Upper        string        `json:"upper"`
-	Init         string        `json:"init"`
-	Steps        []StepTime    `json:"steps"`
+	// Slots is the slot state (trial boots), when the repository has one.
+	Slots *SlotStatus `json:"slots,omitempty"`
+	// Provision is what provision_verity did, when configured.
+	Provision *ProvisionStatus `json:"provision,omitempty"`
+	TPM       TPMStatus        `json:"tpm"`
+	IPE       *IPEStatus       `json:"ipe,omitempty"`
+	Upper     string           `json:"upper"`
+	Init      string           `json:"init"`
+	Steps     []StepTime       `json:"steps"`
 }
 
 // SlotRefusal records why a slot was not booted.
@@ -96,6 +100,9 @@ type Boot struct {
 	Env *Env
 
 	status Status
+	// trial and good are the slot state's trial (when this boot is one of
+	// its attempts) and known-good slot.
+	trial, good string
 }
 
 // step runs f as the named step, timing it.
@@ -154,6 +161,10 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 		return nil, err
 	}
 
+	if err := b.step("slots", b.planSlots); err != nil {
+		return nil, err
+	}
+
 	var img *image
 	var lastErr error
 	for i, slot := range b.Choice.Slots {
@@ -174,6 +185,7 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 		return nil, lastErr
 	}
 	defer img.file.Close()
+	b.bootedAs(img.name)
 	b.Log.Infof("verify", "image %s verified: %s (%s, digest from %s)", img.name, img.digest, b.status.VerifiedBy, img.source)
 
 	var policy []byte
@@ -193,6 +205,7 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 	if err := b.step("mount", func() error { return b.mountRoot(img) }); err != nil {
 		return nil, err
 	}
+	b.detach()
 	if policy != nil {
 		if err := b.step("ipe", func() error { return b.loadPolicy(policy) }); err != nil {
 			return nil, err

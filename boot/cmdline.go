@@ -13,6 +13,10 @@ type Choice struct {
 	// Slots to try, in order: the config's, or the one cfsroot.image= named
 	// first (followed by the others only if the config allows fallback).
 	Slots []string
+	// Image is set when cfsroot.image= chose the slot: then the slot
+	// state's trial order does not apply (the choice is still one of the
+	// config's slots, still verified).
+	Image string
 	// Debug turns on verbose logging (cfsroot.debug).
 	Debug bool
 	// Digest pins the first slot's digest (cfsroot.digest=, only with a
@@ -78,6 +82,7 @@ func ParseCmdline(cmdline string, cfg *Config) (Choice, error) {
 			}
 			rest := slices.DeleteFunc(slices.Clone(cfg.Slots), func(s string) bool { return s == value })
 			ch.Slots = []string{value}
+			ch.Image = value
 			if cfg.Fallback {
 				ch.Slots = append(ch.Slots, rest...)
 			}

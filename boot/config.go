@@ -54,6 +54,11 @@ type Config struct {
 	// CmdlineSigned says the kernel command line is covered by the boot
 	// signature (a UKI): only then may cfsroot.digest= pin a digest.
 	CmdlineSigned bool `json:"cmdline_signed,omitempty"`
+	// ProvisionVerity lets the init enable fs-verity on the images and
+	// objects of the slots it is about to try where it is missing (first
+	// boot of a disk built on a host without fs-verity), before verifying
+	// them as usual. The disk is remounted read-write for that only.
+	ProvisionVerity bool `json:"provision_verity,omitempty"`
 	// AllowRAMCopy allows images on filesystems without fs-verity: they are
 	// copied to RAM and digested there; such images must be self-contained.
 	AllowRAMCopy bool `json:"allow_ram_copy,omitempty"`

@@ -36,6 +36,10 @@ type Env struct {
 	// (verity.Measure); its errors satisfy verity.IsNotSupported or wrap
 	// verity.ErrNotEnabled when the file has none.
 	Digest func(f *os.File) (verity.Digest, error)
+	// EnableVerity enables fs-verity on a file opened read-only
+	// (verity.Enable with the default parameters and sig, nil for none);
+	// used by provision_verity.
+	EnableVerity func(f *os.File, sig []byte) error
 }
 
 // Mounter is the mount(2) calls the boot makes.
@@ -63,6 +67,9 @@ func SystemEnv() *Env {
 		OpenTPM:  func(ctx context.Context) (*measure.Measurer, error) { return measure.Open(ctx, "") },
 		IPEDir:   ipe.DefaultDir,
 		Digest:   verity.Measure,
+		EnableVerity: func(f *os.File, sig []byte) error {
+			return verity.Enable(f, verity.Params{}, sig)
+		},
 	}
 }
 
