@@ -11,6 +11,8 @@ import (
 
 	"github.com/smallstep/pkcs7"
 	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/rootfs/signature"
 )
 
 // DefaultDir is where securityfs exposes IPE.
@@ -46,6 +48,11 @@ func SignedContent(signed []byte) (_ []byte, err error) {
 			err = fmt.Errorf("ipe policy: not a PKCS#7 message: %v", r)
 		}
 	}()
+	// pkcs7.Parse recurses without bound (a stack overflow is not a panic
+	// recover can catch); only bounded DER reaches it.
+	if err := signature.CheckDER(signed); err != nil {
+		return nil, fmt.Errorf("ipe policy: not a PKCS#7 message: %w", err)
+	}
 	p7, err := pkcs7.Parse(signed)
 	if err != nil {
 		return nil, fmt.Errorf("ipe policy: not a PKCS#7 message: %w", err)

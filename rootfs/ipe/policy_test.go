@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -404,4 +405,18 @@ func mustText(t *testing.T, p Policy) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSignedContentRefusesHostileDER: a policy file next to the image is
+// the disk's; deep nesting overflowed the PKCS#7 parser's stack (a fatal
+// error, not a panic), so it is refused before parsing (issue 12, finding 4).
+func TestSignedContentRefusesHostileDER(t *testing.T) {
+	for name, b := range map[string][]byte{
+		"500k nested indefinite lengths": bytes.Repeat([]byte{0x30, 0x80}, 500_000),
+		"3M nested indefinite lengths":   bytes.Repeat([]byte{0x30, 0x80}, 3_000_000),
+	} {
+		if _, err := SignedContent(b); !errors.Is(err, signature.ErrNotDER) {
+			t.Errorf("%s: %v, want ErrNotDER", name, err)
+		}
+	}
 }

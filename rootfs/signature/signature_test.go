@@ -225,11 +225,18 @@ func FuzzVerify(f *testing.F) {
 	for _, s := range [][]byte{good, ecGood, attached, {0x30, 0x80}, {}} {
 		f.Add(s)
 	}
+	// Deep nesting and huge inputs (issue 12, finding 4).
+	for _, s := range hostileDER() {
+		f.Add(s)
+	}
 	ts := NewTrustStore(cert, ecCert)
 	f.Fuzz(func(t *testing.T, sig []byte) {
 		c, err := Verify(sig, d, ts)
 		if err != nil {
 			return
+		}
+		if err := CheckDER(sig); err != nil {
+			t.Fatalf("accepted input that is not bounded DER: %v", err)
 		}
 		if c != cert && c != ecCert {
 			t.Fatalf("accepted signer %v outside the trust store", c.Subject)

@@ -167,10 +167,18 @@ func verify(sig, content []byte, alg verity.Algorithm, ts *TrustStore) (cert *x5
 }
 
 // parse parses DER PKCS#7 SignedData. The parser is a dependency; hostile
-// input must yield an error, never a crash of the caller.
+// input must yield an error, never a crash of the caller. Input that is not
+// DER, or larger than MaxDERSize, or nested deeper than MaxDERDepth, is
+// refused before it is parsed.
 func parse(sig []byte) (p7 *pkcs7.PKCS7, err error) {
 	if len(sig) == 0 {
 		return nil, fmt.Errorf("verify: %w: the signature is empty", ErrMalformed)
+	}
+	// The parser recurses without bound and would overflow the stack on
+	// deeply nested input, which recover cannot catch: only bounded DER
+	// reaches it.
+	if err := CheckDER(sig); err != nil {
+		return nil, fmt.Errorf("verify: %w: %w", ErrMalformed, err)
 	}
 	defer func() {
 		if r := recover(); r != nil {
