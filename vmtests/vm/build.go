@@ -133,7 +133,7 @@ const dbOwner = "6c3f4e2a-8f1b-4c5d-9e7a-cf5000000001"
 // the UEFI db, for a VM that gets its own writable copy.
 func ovmfVars(t testing.TB, dir string, certs []string) string {
 	t.Helper()
-	requireOVMF(t)
+	RequireOVMF(t)
 	out := filepath.Join(dir, "OVMF_VARS.fd")
 	if len(certs) == 0 {
 		data, err := os.ReadFile(OVMFVars)
@@ -153,7 +153,9 @@ func ovmfVars(t testing.TB, dir string, certs []string) string {
 	return out
 }
 
-func requireOVMF(t testing.TB) {
+// RequireOVMF skips (or fails, see Required) the test unless OVMF's
+// firmware files (OVMFCode, OVMFVars) and virt-fw-vars are installed.
+func RequireOVMF(t testing.TB) {
 	t.Helper()
 	RequireTools(t, "virt-fw-vars")
 	for _, f := range []string{OVMFCode, OVMFVars} {
