@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # fetch-mkcomposefs.sh: provides the reference mkcomposefs and composefs-info
-# (composefs 1.0.8 from Debian sid, the version the vectors in
-# ../shared/composefs/vectors were made with) on Debian 12, as the oracle of
-# the directory-mode tests. Prints the path of the mkcomposefs wrapper;
-# composefs-info is beside it. Idempotent: the result is cached in
+# (composefs 1.0.8 from Debian sid) on Debian 12, as the oracle of the image
+# tests, and composefs 1.0.8's own test vectors (tests/assets of
+# github.com/containers/composefs v1.0.8, fetched into the Go module cache
+# with `go mod download`, checked by the go command against sum.golang.org;
+# internal/testutil reads them there). Prints the path of the mkcomposefs
+# wrapper; composefs-info is beside it. Idempotent: the tools are cached in
 # .cache/composefs-sid/.
 #
 # bookworm and trixie have no composefs package. sid's binaries run on
@@ -19,6 +21,16 @@ cache=${CFSROOT_CACHE:-$top/.cache}
 dir=$cache/composefs-sid
 want_version=1.0.8
 
+# The test vectors, from the Go module proxy (outside any module, so no
+# go.mod is touched).
+gobin=$(command -v go || echo /usr/local/go/bin/go)
+assets=$(cd / && "$gobin" mod download -json "github.com/containers/composefs@v$want_version" |
+	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')/tests/assets
+[ -f "$assets/special.dump.sha256" ] || {
+	echo "fetch-mkcomposefs: go mod download github.com/containers/composefs@v$want_version gave no tests/assets" >&2
+	exit 1
+}
+
 if [ -x "$dir/bin/mkcomposefs" ] && [ -f "$dir/ok" ]; then
 	echo "$dir/bin/mkcomposefs"
 	exit 0
@@ -32,7 +44,7 @@ chmod 777 "$dir/debs" # apt downloads as the _apt user when it can
 for deb in "$dir"/debs/*.deb; do
 	case $deb in
 	*_${want_version}-*) ;;
-	*) echo "fetch-mkcomposefs: sid now has $(basename "$deb"), not $want_version; the vectors are from $want_version" >&2 ;;
+	*) echo "fetch-mkcomposefs: sid now has $(basename "$deb"), not $want_version; the vectors are $want_version's" >&2 ;;
 	esac
 	dpkg-deb -x "$deb" "$dir/root"
 done
@@ -113,16 +125,13 @@ EOF
 done
 
 # Self-check against an upstream vector.
-vectors=$top/../shared/composefs/vectors
-if [ -f "$vectors/special.dump" ]; then
-	tmp=$(mktemp)
-	trap 'rm -f "$tmp"' EXIT
-	CFS_PARSE_STRICT=1 "$dir/bin/mkcomposefs" --min-version=0 --max-version=0 --from-file "$vectors/special.dump" "$tmp"
-	got=$(sha256sum "$tmp" | cut -d' ' -f1)
-	[ "$got" = "$(cat "$vectors/special.dump.sha256")" ] || {
-		echo "fetch-mkcomposefs: the patched mkcomposefs does not reproduce special.dump ($got)" >&2
-		exit 1
-	}
-fi
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+CFS_PARSE_STRICT=1 "$dir/bin/mkcomposefs" --min-version=0 --max-version=0 --from-file "$assets/special.dump" "$tmp"
+got=$(sha256sum "$tmp" | cut -d' ' -f1)
+[ "$got" = "$(cat "$assets/special.dump.sha256")" ] || {
+	echo "fetch-mkcomposefs: the patched mkcomposefs does not reproduce special.dump ($got)" >&2
+	exit 1
+}
 touch "$dir/ok"
 echo "$dir/bin/mkcomposefs"

@@ -16,27 +16,18 @@ func composefsTool(t *testing.T, name string) string {
 	return testutil.ComposefsTool(t, name)
 }
 
-// TestDumpVectors: `cfsroot dump` of every reference image prints exactly
-// the canonical dump composefs-info made of it.
+// TestDumpVectors: `cfsroot dump` of mkcomposefs' image of every upstream
+// vector prints exactly what composefs-info dump prints.
 func TestDumpVectors(t *testing.T) {
-	vectors := filepath.Join(testutil.SharedDir(t), "composefs", "vectors")
-	images, err := filepath.Glob(filepath.Join(vectors, "images", "*.cfs"))
-	if err != nil || len(images) == 0 {
-		t.Fatalf("no vector images (%v)", err)
-	}
-	for _, img := range images {
-		name := strings.TrimSuffix(filepath.Base(img), ".cfs")
-		t.Run(name, func(t *testing.T) {
-			want, err := os.ReadFile(filepath.Join(vectors, "canonical-dumps", name+".dump"))
-			if err != nil {
-				t.Fatal(err)
-			}
+	for _, v := range testutil.ComposefsVectors(t) {
+		t.Run(v.Base, func(t *testing.T) {
+			want := v.CanonicalDump(t)
 			var out, errb bytes.Buffer
-			if err := run([]string{"dump", img}, &out, &errb); err != nil {
+			if err := run([]string{"dump", v.ReferenceImage(t)}, &out, &errb); err != nil {
 				t.Fatalf("dump: %v\n%s", err, errb.String())
 			}
 			if !bytes.Equal(out.Bytes(), want) {
-				t.Errorf("dump differs from canonical-dumps/%s.dump at line %d", name, firstDiffLine(out.Bytes(), want))
+				t.Errorf("dump differs from composefs-info dump at line %d", firstDiffLine(out.Bytes(), want))
 			}
 		})
 	}
@@ -131,12 +122,8 @@ func TestDumpAndObjectsMatchComposefsInfo(t *testing.T) {
 // distinct payloads of regular files in its canonical dump (written by
 // composefs-info), sorted.
 func TestObjectsVectors(t *testing.T) {
-	vectors := filepath.Join(testutil.SharedDir(t), "composefs", "vectors")
-	name := "cs9-x86_64-minimal"
-	dumpText, err := os.ReadFile(filepath.Join(vectors, "canonical-dumps", name+".dump"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := testutil.ComposefsVectorNamed(t, "cs9-x86_64-minimal")
+	dumpText := v.CanonicalDump(t)
 	seen := map[string]bool{}
 	for _, line := range strings.Split(string(dumpText), "\n") {
 		f := strings.Split(line, " ")
@@ -148,7 +135,7 @@ func TestObjectsVectors(t *testing.T) {
 		t.Fatalf("only %d payloads in the canonical dump", len(seen))
 	}
 	var out, errb bytes.Buffer
-	if err := run([]string{"objects", filepath.Join(vectors, "images", name+".cfs")}, &out, &errb); err != nil {
+	if err := run([]string{"objects", v.ReferenceImage(t)}, &out, &errb); err != nil {
 		t.Fatalf("objects: %v\n%s", err, errb.String())
 	}
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")

@@ -13,8 +13,17 @@ import (
 	"github.com/cfsroot/cfsroot/rootfs/secversion"
 )
 
-func composefsVectors(t *testing.T) string {
-	return filepath.Join(testutil.SharedDir(t), "composefs", "vectors")
+// vector returns one of composefs 1.0.8's own test vectors (see
+// testutil.ComposefsVectors).
+func vector(t *testing.T, base string) testutil.ComposefsVector {
+	return testutil.ComposefsVectorNamed(t, base)
+}
+
+// fsverityDigest is fsverity-utils' digest of a file, in hex.
+func fsverityDigest(t *testing.T, path string) string {
+	t.Helper()
+	out := strings.TrimSpace(string(testutil.Run(t, testutil.RequireTool(t, "fsverity"), "digest", "--compact", path)))
+	return strings.TrimPrefix(out, "sha256:")
 }
 
 // mkcomposefsOracle is Debian sid's mkcomposefs 1.0.8 (tools/fetch-mkcomposefs.sh).
@@ -29,41 +38,45 @@ func runCmd(t *testing.T, args ...string) (string, string, error) {
 	return out.String(), errb.String(), err
 }
 
+// TestMkimageFromFileVectors: mkimage --from-file builds upstream's vectors
+// byte for byte as mkcomposefs 1.0.8 does, and --print-digest prints the
+// digest fsverity-utils computes for that image.
 func TestMkimageFromFileVectors(t *testing.T) {
-	vec := composefsVectors(t)
 	t.Setenv("CFS_PARSE_STRICT", "1")
 	for _, tc := range []struct {
-		name, version, verity string
+		name, version string
 	}{
-		{"special.dump", "0", "6fae72a66167ef8d5830fa15647263ef1b535681aa91fdf195fa3d6f5e3ae15e"},
-		{"special_v1.dump", "1", "1d268f8bc7609b4f8f8467e98565f45300f9e192c0e6ef2d05820d3ea41d4515"},
-		{"bigfile.dump", "", "160c71227628d810604ad305e5d4a912e01a5964866b9bec9f8fddc55e352bfb"},
-		{"honggfuzz-long-symlink.dump", "", "d7894fc7641b935efec393392e36dfab0ffbcc20d29a4c684aebde71b8c38005"},
+		{"special", "0"},
+		{"special_v1", "1"},
+		{"bigfile", ""},
+		{"honggfuzz-long-symlink", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			v := vector(t, tc.name)
+			ref := v.ReferenceImage(t)
 			out := filepath.Join(t.TempDir(), "img.cfs")
 			args := []string{"mkimage", "--from-file", "--print-digest"}
 			if tc.version != "" {
 				args = append(args, "--min-version", tc.version, "--max-version="+tc.version)
 			}
-			args = append(args, filepath.Join(vec, tc.name), out)
+			args = append(args, v.Path, out)
 			stdout, stderr, err := runCmd(t, args...)
 			if err != nil {
 				t.Fatalf("%v\n%s", err, stderr)
 			}
-			if strings.TrimSpace(stdout) != tc.verity {
-				t.Errorf("--print-digest printed %q, want %s", stdout, tc.verity)
+			if want := fsverityDigest(t, ref); strings.TrimSpace(stdout) != want {
+				t.Errorf("--print-digest printed %q, fsverity digest of mkcomposefs' image is %s", stdout, want)
 			}
 			got, err := os.ReadFile(out)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want, err := os.ReadFile(filepath.Join(vec, "images", strings.TrimSuffix(tc.name, ".dump")+".cfs"))
+			want, err := os.ReadFile(ref)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(got, want) {
-				t.Error("image differs from the reference image")
+				t.Error("image differs from mkcomposefs' image")
 			}
 		})
 	}
@@ -73,7 +86,7 @@ func TestMkimageFromFileVectors(t *testing.T) {
 // version flags on a dump with a whiteout and compares the images.
 func TestMkimageVersionFlags(t *testing.T) {
 	mkcfs := mkcomposefsOracle(t)
-	src := filepath.Join(composefsVectors(t), "special.dump")
+	src := vector(t, "special").Path
 	for _, flags := range [][]string{
 		nil,
 		{"--min-version=0"},
@@ -101,8 +114,8 @@ func TestMkimageVersionFlags(t *testing.T) {
 }
 
 func TestMkimageStdinAndStdout(t *testing.T) {
-	src := filepath.Join(composefsVectors(t), "special_v1.dump")
-	f, err := os.Open(src)
+	v := vector(t, "special_v1")
+	f, err := os.Open(v.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,23 +127,40 @@ func TestMkimageStdinAndStdout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
-	want, _ := os.ReadFile(filepath.Join(composefsVectors(t), "images", "special_v1.cfs"))
+	want, err := os.ReadFile(v.ReferenceImage(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if stdout != string(want) {
-		t.Error("image on stdout differs from images/special_v1.cfs")
+		t.Error("image on stdout differs from mkcomposefs' image of special_v1.dump")
 	}
 }
 
+// TestMkimagePrintDigestOnly: --print-digest-only prints the digest
+// fsverity-utils computes for mkcomposefs' image and writes nothing: the
+// working directory (where a relative write would land) holds only the
+// source afterwards.
 func TestMkimagePrintDigestOnly(t *testing.T) {
+	v := vector(t, "longlink")
 	dir := t.TempDir()
-	stdout, stderr, err := runCmd(t, "mkimage", "--print-digest-only", "--from-file", filepath.Join(composefsVectors(t), "longlink.dump"))
+	src, err := os.ReadFile(v.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "longlink.dump"), src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := fsverityDigest(t, v.ReferenceImage(t))
+	t.Chdir(dir)
+	stdout, stderr, err := runCmd(t, "mkimage", "--print-digest-only", "--from-file", "longlink.dump")
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
-	if strings.TrimSpace(stdout) != "32f1351322d32ebed1bde5fd72e2d218435c4aada13a359f1b1d1f1e126815a6" {
-		t.Errorf("printed %q", stdout)
+	if strings.TrimSpace(stdout) != want {
+		t.Errorf("printed %q, fsverity digest of mkcomposefs' image is %s", stdout, want)
 	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
-		t.Errorf("files written: %v", ents)
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("files written beside the source: %v", ents)
 	}
 }
 

@@ -32,17 +32,6 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// SharedDir returns ../shared beside the repository, where the project's
-// shared test data (composefs vectors) lives; CI lays it out the same way.
-func SharedDir(t testing.TB) string {
-	t.Helper()
-	dir := filepath.Join(RepoRoot(t), "..", "shared")
-	if _, err := os.Stat(dir); err != nil {
-		t.Fatalf("testutil: shared test data not found at %s: %v", dir, err)
-	}
-	return dir
-}
-
 // StrictEnv is the environment variable that decides whether a test whose
 // tool, kernel, oracle or privilege is missing skips or fails. make test sets
 // CFSROOT_STRICT=1: then every missing prerequisite is a failure that says

@@ -2,7 +2,6 @@ package composefs_test
 
 import (
 	"bytes"
-	"compress/gzip"
 	"errors"
 	"io"
 	"os"
@@ -263,21 +262,16 @@ func BenchmarkParse(b *testing.B) {
 	}
 }
 
+// readVector returns the dump text of one of composefs 1.0.8's test vectors
+// (testutil.ComposefsVectors), e.g. "cs9-x86_64-developer.dump.gz".
 func readVector(tb testing.TB, name string) []byte {
-	f, err := os.Open(filepath.Join(testutil.SharedDir(tb), "composefs", "vectors", name))
-	if err != nil {
-		tb.Fatal(err)
+	for _, v := range testutil.ComposefsVectors(tb) {
+		if v.Name == name {
+			return v.Dump(tb)
+		}
 	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	text, err := io.ReadAll(zr)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return text
+	tb.Fatalf("no composefs vector %s", name)
+	return nil
 }
 
 func loadVectorTree(tb testing.TB, name string) *composefs.Node {

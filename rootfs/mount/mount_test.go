@@ -31,7 +31,7 @@ func mountpoint(t *testing.T) string {
 // read directly, so a loop device must step in.
 func TestEROFS(t *testing.T) {
 	requireRoot(t)
-	img, err := os.ReadFile(filepath.Join(testutil.SharedDir(t), "composefs/vectors/images/special.cfs"))
+	img, err := os.ReadFile(testutil.ComposefsVectorNamed(t, "special").ReferenceImage(t))
 	if err != nil {
 		t.Fatal(err)
 	}

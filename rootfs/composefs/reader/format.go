@@ -3,8 +3,9 @@ package reader
 import "encoding/binary"
 
 // On-disk constants of the composefs header and the subset of EROFS that
-// composefs images use (see shared/composefs/FORMAT.md and the kernel's
-// fs/erofs/erofs_fs.h).
+// composefs images use (see libcomposefs/lcfs-erofs.h and
+// lcfs-writer-erofs.c of github.com/containers/composefs v1.0.8, and the
+// kernel's fs/erofs/erofs_fs.h).
 const (
 	cfsMagic         = 0xd078629a // composefs header magic (LCFS_EROFS_MAGIC)
 	cfsVersion       = 1          // composefs header version (LCFS_EROFS_VERSION)

@@ -1,6 +1,7 @@
 // Package reader opens composefs images and walks their entries, checking
 // every structure it reads against the image bounds and the format rules of
-// libcomposefs (shared/composefs/FORMAT.md). A hostile image gives an error,
+// libcomposefs (github.com/containers/composefs v1.0.8:
+// libcomposefs/lcfs-erofs.h, lcfs-writer-erofs.c). A hostile image gives an error,
 // never a panic, and no allocation grows beyond what the image size or the
 // format limits allow.
 //

@@ -11,19 +11,28 @@ import (
 	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
-// vectorImages returns the reference images of the composefs vectors.
+// vectorImages returns the reference images of composefs 1.0.8's test
+// vectors (built by mkcomposefs, see testutil.ComposefsVectors), as NAME.cfs
+// links in a temporary directory.
 func vectorImages(tb testing.TB) []string {
 	tb.Helper()
-	imgs, err := filepath.Glob(filepath.Join(testutil.SharedDir(tb), "composefs", "vectors", "images", "*.cfs"))
-	if err != nil || len(imgs) == 0 {
-		tb.Fatalf("no composefs vector images found (%v); shared/ must sit beside the repository", err)
+	dir := tb.TempDir()
+	var imgs []string
+	for _, v := range testutil.ComposefsVectors(tb) {
+		p := filepath.Join(dir, v.Base+".cfs")
+		if err := os.Symlink(v.ReferenceImage(tb), p); err != nil {
+			tb.Fatal(err)
+		}
+		imgs = append(imgs, p)
 	}
 	return imgs
 }
 
+// readVector returns the reference image NAME.cfs of the vector NAME.
 func readVector(tb testing.TB, name string) []byte {
 	tb.Helper()
-	b, err := os.ReadFile(filepath.Join(testutil.SharedDir(tb), "composefs", "vectors", "images", name))
+	v := testutil.ComposefsVectorNamed(tb, strings.TrimSuffix(name, ".cfs"))
+	b, err := os.ReadFile(v.ReferenceImage(tb))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -49,7 +58,7 @@ func entryByPath(entries []*Entry, path string) *Entry {
 }
 
 // TestSpecial checks the decoded view of special.cfs against values read off
-// the vector's input dump (shared/composefs/vectors/special.dump).
+// the vector's input dump (special.dump of composefs' tests/assets).
 func TestSpecial(t *testing.T) {
 	data := readVector(t, "special.cfs")
 	img, err := New(bytes.NewReader(data), int64(len(data)))
@@ -375,7 +384,7 @@ func mustWalk(l *layout) []*Entry {
 // BenchmarkWalk walks the largest vector (CentOS Stream 9 developer, 64k
 // entries, 9.5 MB image) from a file.
 func BenchmarkWalk(b *testing.B) {
-	p := filepath.Join(testutil.SharedDir(b), "composefs", "vectors", "images", "cs9-x86_64-developer.cfs")
+	p := testutil.ComposefsVectorNamed(b, "cs9-x86_64-developer").ReferenceImage(b)
 	for b.Loop() {
 		img, err := Open(p)
 		if err != nil {
