@@ -5,13 +5,24 @@
 # linux-image-amd64 from the machine's own Debian mirror (see apt-suite.sh),
 # extracts it into $CFSROOT_CACHE/kernel/VERSION (default .cache/kernel/VERSION)
 # with modules.dep made by depmod, and prints that directory. The directory
-# holds vmlinuz, config and lib/modules/VERSION. A second run finds the cache
-# and only prints it (no network).
+# holds vmlinuz, config, version (the release, VERSION) and
+# lib/modules/VERSION; .cache/kernel/SUITE links to it. A second run finds
+# the cache and only prints it (no network).
 #
 # VMTEST_KERNEL (a bzImage) overrides the kernel in the VM tests; this script
 # is then not needed.
 set -euo pipefail
 
+case ${1:-} in
+-h | -help | --help)
+	sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"
+	exit 0
+	;;
+-*)
+	echo "fetch-kernel.sh: unknown option $1 (usage: fetch-kernel.sh [SUITE])" >&2
+	exit 2
+	;;
+esac
 suite=${1:-trixie}
 top=$(cd "$(dirname "$0")/.." && pwd)
 cache=${CFSROOT_CACHE:-$top/.cache}
