@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cfsroot/cfsroot/internal/atomicfile"
+	"github.com/cfsroot/cfsroot/internal/diskfile"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rootfs/ipe"
 	"github.com/cfsroot/cfsroot/rootfs/mount"
@@ -249,7 +250,7 @@ func (b *Boot) repoPath(parts ...string) string {
 func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) (*image, error) {
 	step := "verify:" + name
 	path := b.repoPath("images", name+".cfs")
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	f, err := diskfile.Open(path)
 	if err != nil {
 		return nil, &StepError{Step: step, File: path, Err: fmt.Errorf("open image: %w", err)}
 	}
@@ -285,7 +286,7 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 		}
 	} else {
 		sigPath := path + ".sig"
-		sig, err := os.ReadFile(sigPath)
+		sig, err := diskfile.ReadFile(sigPath, MaxSignatureFile)
 		if err != nil {
 			return fail(sigPath, fmt.Errorf("no signature: %w", err))
 		}
@@ -333,7 +334,7 @@ func (b *Boot) readPolicy(imageName string) ([]byte, error) {
 		p = b.repoPath("images", imageName+".ipe.p7s")
 		shown = filepath.Join(DiskDir, b.Config.Repository, "images", imageName+".ipe.p7s")
 	}
-	policy, err := os.ReadFile(p)
+	policy, err := diskfile.ReadFile(p, MaxPolicyFile)
 	if err != nil {
 		return nil, &StepError{Step: "ipe-read", File: shown, Err: err}
 	}

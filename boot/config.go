@@ -118,8 +118,18 @@ const (
 	DefaultInit        = "/sbin/init"
 )
 
-// MaxConfigSize bounds the config file; real ones are a few hundred bytes.
-const MaxConfigSize = 1 << 20
+// Size limits on what the init reads. Files on the disk are opened with
+// internal/diskfile (no symlinks, regular files only, bounded reads).
+const (
+	// MaxConfigSize bounds the config file; real ones are a few hundred bytes.
+	MaxConfigSize = 1 << 20
+	// MaxSignatureFile bounds NAME.cfs.sig; fsverity sign and cfsroot sign
+	// write 0.3 to 2 KB (more with embedded certificates).
+	MaxSignatureFile = 64 << 10
+	// MaxPolicyFile bounds a signed IPE policy (the kernel takes at most
+	// 64 KiB of PKCS#7 anyway); the same as signature.MaxDERSize.
+	MaxPolicyFile = 1 << 20
+)
 
 // LoadConfig reads and checks a config file. Unknown keys are errors: a
 // misspelt key must not silently leave a check at its default. Keys are

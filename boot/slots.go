@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cfsroot/cfsroot/internal/diskfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
 	"github.com/cfsroot/cfsroot/rootfs/repo"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
@@ -190,7 +191,7 @@ func (b *Boot) provision(slots []string) {
 	var objects []string
 	for _, slot := range slots {
 		p := b.repoPath("images", slot+".cfs")
-		f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		f, err := diskfile.Open(p)
 		if err != nil {
 			fail("%s: %v", p, err)
 			continue
@@ -217,7 +218,7 @@ func (b *Boot) provision(slots []string) {
 			defer wg.Done()
 			for rel := range work {
 				p := b.repoPath("objects", rel)
-				f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+				f, err := diskfile.Open(p)
 				if err != nil {
 					fail("%s: %v", p, err)
 					continue

@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/cfsroot/cfsroot/internal/diskfile"
 )
 
 // State is the slot state, state/slots.json. It is the A/B model of RAUC
@@ -51,20 +52,13 @@ const maxStateSize = 4096
 // ReadState reads dir/state/slots.json. A missing file is the zero State.
 func ReadState(dir string) (State, error) {
 	p := filepath.Join(dir, StateFile)
-	f, err := os.Open(p)
+	// The disk's: no symlink, no FIFO (which would hang the boot), bounded.
+	data, err := diskfile.ReadFile(p, maxStateSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{}, nil
 	}
 	if err != nil {
 		return State{}, fmt.Errorf("slot state: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxStateSize+1))
-	if err != nil {
-		return State{}, fmt.Errorf("slot state %s: %w", p, err)
-	}
-	if len(data) > maxStateSize {
-		return State{}, fmt.Errorf("slot state %s: larger than %d bytes", p, maxStateSize)
 	}
 	var s State
 	dec := json.NewDecoder(bytes.NewReader(data))
