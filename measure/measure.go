@@ -371,6 +371,16 @@ func (m *Measurer) Read(ctx context.Context, pcr int) (map[Alg][]byte, error) {
 	return out, nil
 }
 
+// Do runs f, one TPM command on the Measurer's TPM, as Extend runs its
+// own: bounded by m.Timeout, retrying the TPM's "try again" warnings. It
+// lets other packages (the anti-rollback NV counter) share the open TPM and
+// its retry policy; op names the command in errors.
+func (m *Measurer) Do(ctx context.Context, op string, f func(transport.TPM) error) error {
+	ctx, cancel := m.withTimeout(ctx)
+	defer cancel()
+	return m.do(ctx, op, f)
+}
+
 // do runs one TPM command, retrying the TPM's "try again" warnings with
 // backoff, and gives up when ctx ends. A TPM that does not answer before
 // ctx ends is abandoned: the Measurer fails from then on, since a late
