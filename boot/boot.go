@@ -17,8 +17,10 @@ import (
 	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/internal/diskfile"
 	"github.com/cfsroot/cfsroot/measure"
+	"github.com/cfsroot/cfsroot/rollback"
 	"github.com/cfsroot/cfsroot/rootfs/ipe"
 	"github.com/cfsroot/cfsroot/rootfs/mount"
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -39,9 +41,11 @@ type Status struct {
 	Provision *ProvisionStatus `json:"provision,omitempty"`
 	TPM       TPMStatus        `json:"tpm"`
 	IPE       *IPEStatus       `json:"ipe,omitempty"`
-	Upper     string           `json:"upper"`
-	Init      string           `json:"init"`
-	Steps     []StepTime       `json:"steps"`
+	// Rollback is the anti-rollback check of the booted image.
+	Rollback *RollbackStatus `json:"rollback,omitempty"`
+	Upper    string          `json:"upper"`
+	Init     string          `json:"init"`
+	Steps    []StepTime      `json:"steps"`
 }
 
 // SlotRefusal records why a slot was not booted.
@@ -67,6 +71,23 @@ type IPEStatus struct {
 	Active   bool   `json:"active"`
 	Enforced bool   `json:"enforced"`
 	Error    string `json:"error,omitempty"` // set when the load failed and the config allowed going on
+}
+
+// RollbackStatus records the anti-rollback check of the booted image: what
+// the image says, the floor it was checked against and where the floor
+// came from.
+type RollbackStatus struct {
+	Version uint64 `json:"version"`
+	Product string `json:"product"`
+	Floor   uint64 `json:"floor"`
+	// MinVersion is the config's part of the floor, NV the NV counter's
+	// value when NVState is "read" ("off": not used; "missing": optional
+	// and absent, NVError says why).
+	MinVersion uint64 `json:"min_version"`
+	NV         uint64 `json:"nv"`
+	NVState    string `json:"nv_state"`
+	NVError    string `json:"nv_error,omitempty"`
+	NVIndex    string `json:"nv_index,omitempty"`
 }
 
 // StepTime is how long a step took.
@@ -104,6 +125,7 @@ type Boot struct {
 	// trial and good are the slot state's trial (when this boot is one of
 	// its attempts) and known-good slot.
 	trial, good string
+	floor       *rollback.Floor // read at the first version check
 }
 
 // step runs f as the named step, timing it.
@@ -129,6 +151,8 @@ type image struct {
 	digest verity.Digest
 	source string
 	signer *x509.Certificate // nil when a pinned digest accepted the image
+	// version is what the image says about itself (step version).
+	version secversion.Info
 }
 
 // Run finds, verifies, measures and mounts the image, loads the IPE policy
@@ -175,7 +199,22 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 			return err
 		})
 		if err == nil {
-			break
+			// Before anything from the image is used: its security
+			// version against the floor, its product against ours.
+			var floorErr bool
+			err = b.step("version", func() error {
+				var ferr error
+				floorErr, ferr = b.checkVersion(ctx, img)
+				return ferr
+			})
+			if err == nil {
+				break
+			}
+			img.file.Close()
+			if floorErr {
+				// The floor itself is unknown: no slot may boot.
+				return nil, err
+			}
 		}
 		b.Log.Errorf("verify", "slot %s refused: %v", slot, err)
 		b.status.Refused = append(b.status.Refused, SlotRefusal{Slot: slot, Reason: err.Error()})
@@ -344,6 +383,9 @@ func (b *Boot) readPolicy(imageName string) ([]byte, error) {
 
 func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
 	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Signer: img.signer, Pinned: img.signer == nil, Policy: policy}
+	if b.Config.RollbackMeasured() && b.floor != nil {
+		info.Rollback = &measure.RollbackInfo{Version: img.version.Version, Product: img.version.Product, Floor: b.floor.Value(), NV: b.floor.NVState}
+	}
 	events, err := measure.Events(info)
 	if err != nil {
 		return err
@@ -375,6 +417,79 @@ func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
 	}
 	b.Log.Infof("measure", "extended PCR %d with %d events", *b.Config.PCR, len(events))
 	return nil
+}
+
+// checkVersion reads the verified image's security version and product
+// (from the very file that was digested: fs-verity, or the RAM copy,
+// guarantees its bytes are the signed ones) and refuses it below the floor
+// or for another product. floorErr says the floor could not be read, which
+// refuses every slot.
+func (b *Boot) checkVersion(ctx context.Context, img *image) (floorErr bool, err error) {
+	st, err := img.file.Stat()
+	if err != nil {
+		return false, &StepError{Step: "version", File: img.path, Err: err}
+	}
+	info, err := secversion.ReadAt(img.file, st.Size())
+	if err != nil {
+		return false, &StepError{Step: "version", File: img.path, Err: err}
+	}
+	if b.floor == nil {
+		f, err := b.readFloor(ctx)
+		if err != nil {
+			return true, &StepError{Step: "version", File: fmt.Sprintf("TPM NV index %#08x", b.Config.NVIndex()), Err: err}
+		}
+		b.floor = &f
+	}
+	floor := b.floor.Value()
+	if err := rollback.Check(info, floor, b.Config.Product); err != nil {
+		return false, &StepError{Step: "version", File: img.path, Err: err}
+	}
+	img.version = info
+	b.status.Rollback = &RollbackStatus{Version: info.Version, Product: info.Product, Floor: floor,
+		MinVersion: b.floor.Config, NV: b.floor.NV, NVState: b.floor.NVState, NVError: b.floor.NVError}
+	if b.Config.RollbackNV != "off" {
+		b.status.Rollback.NVIndex = fmt.Sprintf("%#08x", b.Config.NVIndex())
+	}
+	b.Log.Infof("version", "image %s: security version %d, product %q; floor %d (min_version %d, NV counter %s)",
+		img.name, info.Version, info.Product, floor, b.floor.Config, b.describeNV())
+	return false, nil
+}
+
+func (b *Boot) describeNV() string {
+	switch b.floor.NVState {
+	case rollback.NVRead:
+		return fmt.Sprint(b.floor.NV)
+	case rollback.NVMissing:
+		return "missing (rollback_nv optional)"
+	}
+	return "not used"
+}
+
+// readFloor reads the floor: the config's min_version and, when the config
+// uses it, the TPM NV counter. With rollback_nv "optional" a missing TPM or
+// counter leaves the floor at min_version (recorded in status.json); any
+// other failure, or "required", refuses the boot.
+func (b *Boot) readFloor(ctx context.Context) (rollback.Floor, error) {
+	cfg := b.Config
+	f := rollback.Floor{Config: cfg.MinVersion, NVState: rollback.NVOff}
+	if cfg.RollbackNV == "off" {
+		return f, nil
+	}
+	m, err := b.Env.OpenTPM(ctx)
+	if err == nil {
+		defer m.Close()
+		f.NV, err = rollback.Read(ctx, m, cfg.NVIndex())
+	}
+	switch {
+	case err == nil:
+		f.NVState = rollback.NVRead
+		return f, nil
+	case cfg.RollbackNV == "optional" && (errors.Is(err, rollback.ErrMissing) || measure.IsNoTPM(err)):
+		f.NVState, f.NVError = rollback.NVMissing, err.Error()
+		b.Log.Errorf("version", "no rollback NV counter, floor is min_version %d alone (rollback_nv optional): %v", cfg.MinVersion, err)
+		return f, nil
+	}
+	return f, fmt.Errorf("rollback_nv is %s: %w", cfg.RollbackNV, err)
 }
 
 func (b *Boot) mountRoot(img *image) error {

@@ -13,11 +13,14 @@ import (
 	"os"
 	"path"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cfsroot/cfsroot/initramfs/layout"
 	"github.com/cfsroot/cfsroot/measure"
+	"github.com/cfsroot/cfsroot/rollback"
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
@@ -91,6 +94,32 @@ type Config struct {
 	// AllowShell must be true for OnFailure "shell"; it exists so a
 	// production config cannot get a shell by a one-word change.
 	AllowShell bool `json:"allow_shell,omitempty"`
+	// MinVersion is the lowest image security version to boot
+	// (/.cfsroot/security-version, package rootfs/secversion): the floor
+	// is the higher of it and the TPM NV counter (RollbackNV).
+	MinVersion uint64 `json:"min_version,omitempty"`
+	// Product is the product name an image must carry to boot, exactly:
+	// "" boots only images without one.
+	Product string `json:"product,omitempty"`
+	// RollbackNV says whether the floor's TPM NV counter is used: "off"
+	// (default), "required" (no TPM or no counter: no boot) or "optional"
+	// (boot on the config's min_version alone; status.json says so).
+	RollbackNV string `json:"rollback_nv,omitempty"`
+	// RollbackNVIndex is the NV counter's index ("0x0180cf50" by default,
+	// what cfsroot tpm provision defines).
+	RollbackNVIndex string `json:"rollback_nv_index,omitempty"`
+
+	nvIndex uint32 // RollbackNVIndex parsed
+}
+
+// NVIndex is the rollback NV counter's index (RollbackNVIndex parsed).
+func (c *Config) NVIndex() uint32 { return c.nvIndex }
+
+// RollbackMeasured tells whether the config asks for anti-rollback (a
+// min_version, a product or the NV counter): then the image's version and
+// the floor are measured into the PCR.
+func (c *Config) RollbackMeasured() bool {
+	return c.MinVersion > 0 || c.Product != "" || c.RollbackNV != "off"
 }
 
 // Duration is a time.Duration written as "30s" in JSON.
@@ -266,6 +295,27 @@ func (c *Config) normalize() error {
 		}
 	default:
 		bad("on_failure %q: want halt, reboot or shell", c.OnFailure)
+	}
+	if err := secversion.CheckProduct(c.Product); err != nil {
+		bad("product: %v", err)
+	}
+	switch c.RollbackNV {
+	case "":
+		c.RollbackNV = "off"
+	case "off", "required", "optional":
+	default:
+		bad("rollback_nv %q: want off, required or optional", c.RollbackNV)
+	}
+	c.nvIndex = rollback.DefaultIndex
+	if c.RollbackNVIndex != "" {
+		v, err := strconv.ParseUint(c.RollbackNVIndex, 0, 32)
+		if err == nil {
+			err = rollback.CheckIndex(uint32(v))
+		}
+		if err != nil || !strings.HasPrefix(c.RollbackNVIndex, "0x") {
+			bad("rollback_nv_index %q: want an NV index such as \"0x0180cf50\"", c.RollbackNVIndex)
+		}
+		c.nvIndex = uint32(v)
 	}
 	return errors.Join(errs...)
 }

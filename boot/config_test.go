@@ -26,8 +26,22 @@ func TestLoadConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.TrustedCerts != "/etc/cfsroot/certs" || c.DiskFSType != "ext4" || c.Repository != "composefs" ||
-		*c.PCR != 15 || c.TPM != "required" || c.Upper != "none" || c.Init != "/sbin/init" || c.OnFailure != "halt" {
+		*c.PCR != 15 || c.TPM != "required" || c.Upper != "none" || c.Init != "/sbin/init" || c.OnFailure != "halt" ||
+		c.MinVersion != 0 || c.Product != "" || c.RollbackNV != "off" || c.NVIndex() != 0x0180cf50 || c.RollbackMeasured() {
 		t.Errorf("defaults: %+v", c)
+	}
+}
+
+// TestLoadConfigRollback: the anti-rollback keys are read and turn on the
+// version and floor measurements.
+func TestLoadConfigRollback(t *testing.T) {
+	c, err := LoadConfig(writeConfig(t, `{"disk": "LABEL=cfsroot", "slots": ["a"], "min_version": 4, "product": "appliance",
+		"rollback_nv": "required", "rollback_nv_index": "0x01800001"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MinVersion != 4 || c.Product != "appliance" || c.RollbackNV != "required" || c.NVIndex() != 0x01800001 || !c.RollbackMeasured() {
+		t.Errorf("config: %+v, index %#x", c, c.NVIndex())
 	}
 }
 
@@ -57,6 +71,12 @@ func TestLoadConfigErrors(t *testing.T) {
 		{`{"disk": "LABEL=x", "slots": ["a"], "init": "sbin/init"}`, "absolute path"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "on_failure": "shell"}`, "needs allow_shell"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "disk_timeout": 5}`, "duration must be a string"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "product": "a/b"}`, "product: product name"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "rollback_nv": "yes"}`, `rollback_nv "yes": want off, required or optional`},
+		{`{"disk": "LABEL=x", "slots": ["a"], "rollback_nv_index": "0x81000001"}`, `rollback_nv_index "0x81000001"`},
+		{`{"disk": "LABEL=x", "slots": ["a"], "rollback_nv_index": "25218896"}`, `rollback_nv_index "25218896"`},
+		{`{"disk": "LABEL=x", "slots": ["a"], "min_version": -1}`, "min_version"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "nvIndex": 1}`, `unknown field "nvIndex"`},
 		{`not json`, "invalid character"},
 		// Finding 7: encoding/json matches keys case-insensitively and
 		// lets the last duplicate win; both are refused.

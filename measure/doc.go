@@ -18,6 +18,8 @@
 //
 //	cfsroot-image:NAME:ALG:HEX
 //	cfsroot-signer:sha256:FPR          or    cfsroot-signer:pinned-digest
+//	cfsroot-version:PRODUCT:N          (only when the config asks for anti-rollback)
+//	cfsroot-floor:F:nv=STATE           (only when the config asks for anti-rollback)
 //	cfsroot-ipe-policy:sha256:POL      (only when an IPE policy is loaded)
 //	cfsroot-separator
 //
@@ -33,6 +35,11 @@
 //     signature was accepted, 64 lowercase hex digits (the same as `openssl
 //     x509 -noout -fingerprint -sha256` without colons); "pinned-digest"
 //     when the configuration pinned the image digest instead;
+//   - PRODUCT and N are the image's product name (A-Z a-z 0-9 . _ + @ ~ -,
+//     possibly empty) and security version in decimal (package
+//     rootfs/secversion); F is the floor it was checked against, in
+//     decimal, and STATE the NV counter's: off (not used), read (F includes
+//     its value) or missing (rollback_nv optional, and no TPM or counter);
 //   - POL is the SHA-256 of the signed policy file (the attached PKCS#7
 //     .p7s), byte for byte as written to /sys/kernel/security/ipe/new_policy;
 //   - the separator closes cfsroot's measurements: anything extended into

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"unicode/utf8"
 
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -19,6 +20,8 @@ const (
 	EventSigner    = "cfsroot-signer"
 	EventPolicy    = "cfsroot-ipe-policy"
 	EventSeparator = "cfsroot-separator"
+	EventVersion   = "cfsroot-version"
+	EventFloor     = "cfsroot-floor"
 )
 
 // PinnedDigest is the signer field of the signer event when the image was
@@ -76,6 +79,24 @@ type ImageInfo struct {
 	// /sys/kernel/security/ipe/new_policy (the attached PKCS#7 .p7s bytes),
 	// or nil when no policy is loaded.
 	Policy []byte
+	// Rollback is the image's security version and the floor it was
+	// checked against, or nil when the config does not ask for
+	// anti-rollback (then neither is measured).
+	Rollback *RollbackInfo
+}
+
+// RollbackInfo is what the anti-rollback check saw.
+type RollbackInfo struct {
+	// Version and Product are what the image says (package
+	// rootfs/secversion); Product may be empty.
+	Version uint64
+	Product string
+	// Floor is the floor the version was checked against.
+	Floor uint64
+	// NV is where the floor's NV counter stood: "off" (not used), "read"
+	// (the floor includes its value) or "missing" (rollback_nv optional
+	// and no TPM or no counter).
+	NV string
 }
 
 // Events returns the measurements of an image, in the order the init extends
@@ -84,6 +105,8 @@ type ImageInfo struct {
 //	cfsroot-image:NAME:ALG:HEX        ALG:HEX is the fs-verity digest as fsverity-utils prints it
 //	cfsroot-signer:sha256:HEX         HEX = SHA-256 of the signer certificate's DER encoding
 //	cfsroot-signer:pinned-digest      instead, when the digest was pinned
+//	cfsroot-version:PRODUCT:N         the image's product (may be empty) and security version; only with Rollback
+//	cfsroot-floor:F:nv=STATE          the floor and the NV counter's state (off, read, missing); only with Rollback
 //	cfsroot-ipe-policy:sha256:HEX     HEX = SHA-256 of the policy file's bytes; only when a policy is loaded
 //	cfsroot-separator                 always last
 //
@@ -110,6 +133,19 @@ func Events(img ImageInfo) ([]Event, error) {
 	evs := []Event{
 		{Type: EventImage, Data: EventImage + ":" + img.Name + ":" + img.Digest.String()},
 		{Type: EventSigner, Data: EventSigner + ":" + signer},
+	}
+	if r := img.Rollback; r != nil {
+		if err := secversion.CheckProduct(r.Product); err != nil {
+			return nil, fmt.Errorf("measure: %w", err)
+		}
+		switch r.NV {
+		case "off", "read", "missing":
+		default:
+			return nil, fmt.Errorf("measure: floor NV state %q: want off, read or missing", r.NV)
+		}
+		evs = append(evs,
+			Event{Type: EventVersion, Data: fmt.Sprintf("%s:%s:%d", EventVersion, r.Product, r.Version)},
+			Event{Type: EventFloor, Data: fmt.Sprintf("%s:%d:nv=%s", EventFloor, r.Floor, r.NV)})
 	}
 	if img.Policy != nil {
 		sum := sha256.Sum256(img.Policy)

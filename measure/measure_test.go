@@ -488,6 +488,16 @@ func TestEvents(t *testing.T) {
 			t.Errorf("event %d = %q, want %q", i, evs[i], want[i])
 		}
 	}
+	evs, err = Events(ImageInfo{Name: "root", Digest: d, Signer: cert, Rollback: &RollbackInfo{Version: 3, Product: "appliance", Floor: 2, NV: "read"}})
+	if err != nil || len(evs) != 5 || evs[2] != (Event{"cfsroot-version", "cfsroot-version:appliance:3"}) ||
+		evs[3] != (Event{"cfsroot-floor", "cfsroot-floor:2:nv=read"}) || evs[4] != Separator() {
+		t.Errorf("with rollback: %q, %v", evs, err)
+	}
+	for _, r := range []RollbackInfo{{Product: "a:b", NV: "off"}, {NV: "maybe"}} {
+		if _, err := Events(ImageInfo{Name: "root", Digest: d, Pinned: true, Rollback: &r}); err == nil {
+			t.Errorf("Events accepted rollback info %+v", r)
+		}
+	}
 	evs, err = Events(ImageInfo{Name: "root", Digest: d, Pinned: true})
 	if err != nil || len(evs) != 3 || evs[1].Data != "cfsroot-signer:pinned-digest" || evs[2] != Separator() {
 		t.Errorf("pinned, no policy: %q, %v", evs, err)

@@ -17,13 +17,13 @@ const (
 // from.
 type Floor struct {
 	// Config is the config's min_version.
-	Config uint64 `json:"min_version"`
+	Config uint64
 	// NV is the NV counter's value (when NVState is "read").
-	NV uint64 `json:"nv"`
+	NV uint64
 	// NVState is NVOff, NVRead or NVMissing.
-	NVState string `json:"nv_state"`
+	NVState string
 	// NVError says why the counter was missing.
-	NVError string `json:"nv_error,omitempty"`
+	NVError string
 }
 
 // Value is the floor: the higher of the config's and the counter's.

@@ -1,0 +1,193 @@
+package boot
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/cfsroot/cfsroot/measure"
+	"github.com/cfsroot/cfsroot/rollback"
+	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+)
+
+// addVersionedImage writes and signs image NAME carrying info.
+func (h *hostEnv) addVersionedImage(name string, info secversion.Info) verity.Digest {
+	h.t.Helper()
+	root := composefs.NewNode(composefs.ModeDir | 0o755)
+	init := composefs.NewNode(composefs.ModeRegular | 0o755)
+	init.Content = []byte("#!/bin/true\n# " + name + "\n")
+	init.Size = uint64(len(init.Content))
+	sbin := composefs.NewNode(composefs.ModeDir | 0o755)
+	if err := root.Add("sbin", sbin); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := sbin.Add("init", init); err != nil {
+		h.t.Fatal(err)
+	}
+	if err := secversion.Add(root, info); err != nil {
+		h.t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if _, err := composefs.Write(&buf, root, nil); err != nil {
+		h.t.Fatal(err)
+	}
+	h.write(strings.TrimPrefix(h.imagePath(name), h.root), buf.Bytes(), 0o444)
+	d, err := verity.DigestReader(bytes.NewReader(buf.Bytes()), verity.Params{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	sig, err := signature.SignDigest(d, h.key, h.cert)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.write(strings.TrimPrefix(h.imagePath(name), h.root)+".sig", sig, 0o444)
+	return d
+}
+
+// provisionNV defines the NV counter on the simulator and raises it to
+// floor; it returns the counter's value.
+func (h *hostEnv) provisionNV(floor uint64) uint64 {
+	h.t.Helper()
+	ctx := context.Background()
+	m, err := measure.New(ctx, h.tpm)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, _, err := rollback.Provision(ctx, m, rollback.DefaultIndex, nil); err != nil {
+		h.t.Fatal(err)
+	}
+	_, v, err := rollback.Raise(ctx, m, rollback.DefaultIndex, floor)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return v
+}
+
+// TestRunVersion: the version step refuses an image below the floor (from
+// min_version or the TPM NV counter) or for another product, before it is
+// measured or mounted, through fallback too; a missing counter fails closed
+// with rollback_nv required and is recorded with optional; the version and
+// the floor are measured and in status.json.
+func TestRunVersion(t *testing.T) {
+	const slots = `{"disk": "LABEL=cfsroot-host", "slots": ["a", "b"], "fallback": true, "tpm": "optional", "product": "appliance"`
+	v := func(n uint64) secversion.Info { return secversion.Info{Version: n, Product: "appliance"} }
+	for _, tc := range []struct {
+		name   string
+		a, b   secversion.Info
+		nv     int64 // counter value to provision; -1: none
+		noTPM  bool
+		config string
+		// want: the booted slot and its floor, or an error
+		boot    string
+		floor   uint64
+		nvState string
+		err     []string
+	}{
+		{name: "nv floor and newest first", a: v(3), b: v(2), nv: 3, config: `, "rollback_nv": "required"}`,
+			boot: "a", floor: 3, nvState: "read"},
+		{name: "below the nv floor", a: v(2), b: v(1), nv: 3, config: `, "rollback_nv": "required"}`,
+			err: []string{"step version failed", "b.cfs: image security version 1 is below the floor 3"}},
+		{name: "fallback skips an older image", a: v(2), b: v(3), nv: 3, config: `, "rollback_nv": "required"}`,
+			boot: "b", floor: 3, nvState: "read"},
+		{name: "min_version above the counter", a: v(4), b: v(5), nv: 2, config: `, "rollback_nv": "required", "min_version": 5}`,
+			boot: "b", floor: 5, nvState: "read"},
+		{name: "min_version without nv", a: v(1), b: v(2), nv: -1, config: `, "min_version": 2}`,
+			boot: "b", floor: 2, nvState: "off"},
+		{name: "other product", a: secversion.Info{Version: 9, Product: "debug"}, b: secversion.Info{Version: 9}, nv: -1, config: `}`,
+			err: []string{"step version failed", `b.cfs: image is for product "", this system boots product "appliance"`}},
+		{name: "nv required and missing", a: v(3), b: v(3), nv: -1, config: `, "rollback_nv": "required"}`,
+			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is required", "not defined"}},
+		{name: "nv required and no TPM", a: v(3), b: v(3), noTPM: true, config: `, "rollback_nv": "required"}`,
+			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is required", "no TPM"}},
+		{name: "nv optional and missing", a: v(1), b: v(1), nv: -1, config: `, "rollback_nv": "optional", "min_version": 1}`,
+			boot: "a", floor: 1, nvState: "missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHostEnv(t)
+			if !tc.noTPM {
+				h.withTPM()
+			}
+			nvValue := uint64(0)
+			if tc.nv >= 0 && !tc.noTPM {
+				nvValue = h.provisionNV(uint64(tc.nv))
+			}
+			da := h.addVersionedImage("a", tc.a)
+			db := h.addVersionedImage("b", tc.b)
+			cfg := h.config(slots + tc.config)
+			st, err := h.run(cfg, "")
+			if tc.err != nil {
+				if err == nil {
+					t.Fatalf("booted %s, want an error", st.Image)
+				}
+				for _, w := range tc.err {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+				if h.called("erofs", "") || len(h.mounter.calls) > 1 {
+					t.Errorf("mounted after a refusal: %v", h.mounter.calls)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Run: %v\n%s", err, h.console.String())
+			}
+			info, d := tc.a, da
+			if tc.boot == "b" {
+				info, d = tc.b, db
+				if len(st.Refused) != 1 || !strings.Contains(st.Refused[0].Reason, "step version failed") {
+					t.Errorf("refused = %+v, want slot a refused at step version", st.Refused)
+				}
+			}
+			if st.Image != tc.boot {
+				t.Fatalf("booted %s, want %s", st.Image, tc.boot)
+			}
+			r := h.readStatus().Rollback
+			if r == nil || r.Version != info.Version || r.Product != info.Product || r.Floor != tc.floor || r.NVState != tc.nvState {
+				t.Fatalf("status.json rollback = %+v", r)
+			}
+			if tc.nvState == "read" && (r.NV != nvValue || r.NVIndex != "0x0180cf50") {
+				t.Errorf("status.json nv = %d index %s, want %d", r.NV, r.NVIndex, nvValue)
+			}
+			if tc.nvState == "missing" && !strings.Contains(r.NVError, "not defined") {
+				t.Errorf("status.json nv_error = %q", r.NVError)
+			}
+			if !tc.noTPM {
+				evs, err := measure.Events(measure.ImageInfo{Name: tc.boot, Digest: d, Signer: h.cert,
+					Rollback: &measure.RollbackInfo{Version: info.Version, Product: info.Product, Floor: tc.floor, NV: tc.nvState}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				h.wantEvents(st, evs)
+			}
+		})
+	}
+}
+
+// TestRunVersionMalformed: a signed image whose /.cfsroot/security-version
+// is not what mkimage writes is refused, not read as some version.
+func TestRunVersionMalformed(t *testing.T) {
+	h := newHostEnv(t)
+	root := composefs.NewNode(composefs.ModeDir | 0o755)
+	dir := composefs.NewNode(composefs.ModeDir | 0o555)
+	f := composefs.NewNode(composefs.ModeRegular | 0o444)
+	f.Content, f.Size = []byte("3 \n"), 3
+	root.Add(".cfsroot", dir)
+	dir.Add("security-version", f)
+	var buf bytes.Buffer
+	if _, err := composefs.Write(&buf, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	h.write(strings.TrimPrefix(h.imagePath("default"), h.root), buf.Bytes(), 0o444)
+	d, _ := verity.DigestReader(bytes.NewReader(buf.Bytes()), verity.Params{})
+	sig, _ := signature.SignDigest(d, h.key, h.cert)
+	h.write(strings.TrimPrefix(h.imagePath("default"), h.root)+".sig", sig, 0o444)
+	_, err := h.run(h.config(baseConfig+`, "tpm": "optional"}`), "")
+	if err == nil || !strings.Contains(err.Error(), "step version failed") || !strings.Contains(err.Error(), "security-version") {
+		t.Errorf("Run: %v, want a refusal at step version", err)
+	}
+}
