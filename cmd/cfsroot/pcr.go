@@ -13,6 +13,7 @@ import (
 
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
+	"github.com/cfsroot/cfsroot/rootfs/secversion"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -22,11 +23,13 @@ const defaultBanks = "sha1,sha256,sha384,sha512"
 var (
 	pcrPredictCmd = &command{
 		name: "pcr predict",
-		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--policy POLICY.p7s] [--pcr N] [--bank LIST] [--events]",
+		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--policy POLICY.p7s] [--floor N [--floor-nv STATE]] [--pcr N] [--bank LIST] [--events]",
 		summary: "print the PCR values cfsroot's init leaves after measuring IMAGE, from a reset PCR (all zeros)\n\n" +
 			"The init extends, on every active bank, the events\n" +
 			"  cfsroot-image:NAME:<IMAGE's fs-verity digest, sha256:HEX>\n" +
 			"  cfsroot-signer:sha256:<SHA-256 of the signer certificate's DER> (or cfsroot-signer:pinned-digest)\n" +
+			"  cfsroot-version:<IMAGE's product>:<IMAGE's security version> (only with --floor)\n" +
+			"  cfsroot-floor:<floor>:nv=<off|read|missing> (only with --floor)\n" +
 			"  cfsroot-ipe-policy:sha256:<SHA-256 of the policy file> (only with a policy)\n" +
 			"  cfsroot-separator\n" +
 			"Output: one line \"PCR BANK HEX\" per bank.",
@@ -94,6 +97,8 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 	pinned := fs.String("digest", "", "the image was accepted by this pinned digest (sha256:HEX), which must be IMAGE's")
 	signerPath := fs.String("signer", "", "take this certificate as the signer without checking a signature (to predict before signing)")
 	policyPath := fs.String("policy", "", "the signed IPE policy (.p7s) the init loads, if any")
+	floor := fs.Uint64("floor", 0, "the anti-rollback floor the init checks IMAGE against (max of min_version and the NV counter); give it when the\nconfig sets min_version, product or rollback_nv: the init then measures IMAGE's security version and the floor")
+	floorNV := fs.String("floor-nv", "read", "with --floor: the NV counter's state at boot: off (rollback_nv off), read, or missing (rollback_nv optional, no counter)")
 	pcr := pcrFlag(fs, measure.DefaultPCR, "PCR index the init extends (only labels the output: the value from reset does not depend on it)")
 	banks := fs.String("bank", defaultBanks, "comma-separated PCR banks: sha1, sha256, sha384, sha512, sm3_256")
 	showEvents := fs.Bool("events", false, "also print each measured event as \"event TYPE TEXT\", before the values")
@@ -180,6 +185,26 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("pcr predict: read policy: %w", err)
 		}
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["floor-nv"] && !set["floor"] {
+		return usagef("pcr predict: --floor-nv goes with --floor")
+	}
+	if set["floor"] {
+		switch *floorNV {
+		case "off", "read", "missing":
+		default:
+			return usagef("--floor-nv %q: want off, read or missing", *floorNV)
+		}
+		sv, err := readSecVersion(*image)
+		if err != nil {
+			return err
+		}
+		if sv.Version < *floor {
+			return fmt.Errorf("%s: security version %d is below the floor %d; the init would refuse this image", *image, sv.Version, *floor)
+		}
+		info.Rollback = &measure.RollbackInfo{Version: sv.Version, Product: sv.Product, Floor: *floor, NV: *floorNV}
+	}
 	evs, err := measure.Events(info)
 	if err != nil {
 		return err
@@ -197,6 +222,25 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%d %s %s\n", *pcr, a, hex.EncodeToString(vals[a]))
 	}
 	return nil
+}
+
+// readSecVersion reads the security version and product inside an image
+// file.
+func readSecVersion(path string) (secversion.Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return secversion.Info{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return secversion.Info{}, err
+	}
+	info, err := secversion.ReadAt(f, st.Size())
+	if err != nil {
+		return secversion.Info{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return info, nil
 }
 
 // loadOneCert reads a certificate that must be the only one in its file, so

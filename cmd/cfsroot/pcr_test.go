@@ -287,3 +287,46 @@ func TestPCRReplayEqualsTPM(t *testing.T) {
 		t.Errorf("replay of a mismatching record: %v, stderr %q", err, stderr)
 	}
 }
+
+// TestPCRPredictRollback: with --floor, predict measures the image's own
+// security version and product (written by mkimage) and the floor, as the
+// init does; the value is chained with openssl from the texts and the
+// fsverity-utils digest. An image below the floor is refused.
+func TestPCRPredictRollback(t *testing.T) {
+	testutil.RequireTool(t, "fsverity")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "tree.dump")
+	os.WriteFile(src, []byte("/ 4096 40755 2 0 0 0 0.0 - - -\n/etc 4096 40755 2 0 0 0 0.0 - - -\n"), 0o644)
+	img := filepath.Join(dir, "prod.cfs")
+	if _, stderr, err := runCLI(t, "mkimage", "--from-file", "--security-version", "4", "--product", "app", src, img); err != nil {
+		t.Fatalf("%v\n%s", err, stderr)
+	}
+	_, cert := opensslKey(t, dir, "signer", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+	digest := strings.Fields(string(testutil.Run(t, "fsverity", "digest", img)))[0]
+	fpOut := string(testutil.Run(t, "openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"))
+	fp := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(fpOut[strings.Index(fpOut, "=")+1:]), ":", ""))
+	for _, tc := range []struct {
+		args  []string
+		texts []string
+	}{
+		{nil, []string{"cfsroot-image:prod:" + digest, "cfsroot-signer:sha256:" + fp, "cfsroot-separator"}},
+		{[]string{"--floor", "3"}, []string{"cfsroot-image:prod:" + digest, "cfsroot-signer:sha256:" + fp,
+			"cfsroot-version:app:4", "cfsroot-floor:3:nv=read", "cfsroot-separator"}},
+		{[]string{"--floor=4", "--floor-nv", "missing"}, []string{"cfsroot-image:prod:" + digest, "cfsroot-signer:sha256:" + fp,
+			"cfsroot-version:app:4", "cfsroot-floor:4:nv=missing", "cfsroot-separator"}},
+	} {
+		out, _, err := runCLI(t, append([]string{"pcr", "predict", "--image", img, "--signer", cert, "--bank", "sha256"}, tc.args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if want := "15 sha256 " + opensslPCR(t, "-sha256", 32, tc.texts) + "\n"; out != want {
+			t.Errorf("%v: predict printed %q, openssl chained %q from %q", tc.args, out, want, tc.texts)
+		}
+	}
+	if _, _, err := runCLI(t, "pcr", "predict", "--image", img, "--signer", cert, "--floor", "5"); err == nil || !strings.Contains(err.Error(), "below the floor 5") {
+		t.Errorf("predict with a floor above the image's version: %v", err)
+	}
+	if _, _, err := runCLI(t, "pcr", "predict", "--image", img, "--signer", cert, "--floor-nv", "read"); err == nil {
+		t.Error("--floor-nv without --floor accepted")
+	}
+}

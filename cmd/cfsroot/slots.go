@@ -31,8 +31,8 @@ func init() {
 	})
 	register(&command{
 		name:    "bless",
-		args:    "--repo DIR [--status FILE]",
-		summary: "mark the booted slot good: a trial becomes the known-good slot (run after boot-complete.target)",
+		args:    "--repo DIR [--status FILE] [--tpm DEV]",
+		summary: "mark the booted slot good: a trial becomes the known-good slot, and the TPM NV anti-rollback floor rises to its security version (run after boot-complete.target)",
 		run:     runBless,
 	})
 	register(&command{
@@ -175,7 +175,8 @@ func orNone(s string) string {
 func runBless(args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet(commands["bless"], stderr)
 	dir := flags.String("repo", "", "repository directory")
-	status := flags.String("status", defaultStatus, "the init's status file, naming the booted slot")
+	status := flags.String("status", defaultStatus, "the init's status file, naming the booted slot (and its security version)")
+	tpmDev := flags.String("tpm", "", "TPM device holding the anti-rollback NV counter (default /dev/tpmrm0, then /dev/tpm0)")
 	pos, err := parseArgs(flags, args)
 	if err != nil {
 		return err
@@ -195,15 +196,17 @@ func runBless(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Anti-rollback: this is the point where the booted image is known
-	// good (as AVB raises rollback_index only after a successful boot); a
-	// TPM NV floor is raised here, after the state is committed.
 	if before == after {
-		fmt.Fprintf(stdout, "slot %s is already known good; nothing to do\n", booted)
+		fmt.Fprintf(stdout, "slot %s is already known good\n", booted)
 	} else {
 		fmt.Fprintf(stdout, "slot %s blessed: %s\n", booted, describeState(after))
 	}
-	return nil
+	// Anti-rollback: this is the point where the booted image is known
+	// good (as AVB raises rollback_index only after a successful boot):
+	// the TPM NV floor is raised to its version, after the state is
+	// committed, and also when it was already good (a floor not raised
+	// the first time is raised now).
+	return raiseFloor(*status, *tpmDev, stdout, stderr)
 }
 
 func runStatus(args []string, stdout, stderr io.Writer) error {
