@@ -440,9 +440,7 @@ func TestInstallRefuses(t *testing.T) {
 // TestInstallDiskFull installs onto a tmpfs too small for the objects: a
 // clear error, and the repository as it was.
 func TestInstallDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
+	testutil.RequireRoot(t, "mounting a small tmpfs")
 	s := newSigner(t, "image signer")
 	trust := signature.NewTrustStore(s.cert)
 	srcStore := filepath.Join(t.TempDir(), "objects")
@@ -450,7 +448,7 @@ func TestInstallDiskFull(t *testing.T) {
 	b := build(t, s, srcStore, files)
 	mnt := t.TempDir()
 	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=512k"); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
+		t.Fatalf("mount tmpfs: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	r, err := Open(filepath.Join(mnt, "composefs"))
