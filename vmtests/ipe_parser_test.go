@@ -56,7 +56,9 @@ var ipeParserCases = []struct {
 // each case is signed by a certificate in UEFI db and written to
 // new_policy in the guest; the kernel must take exactly the texts Check
 // accepts (but the few Check refuses on purpose), and answer EBADMSG,
-// ERANGE or EINVAL (what the parser returns) for the others.
+// ERANGE or EINVAL (what the parser returns) for the others. The same boot
+// shows the size limit: the largest policy within ipe.MaxPolicySize loads,
+// one rule more is refused with EMSGSIZE, a 5.6 MB one with ENOMEM.
 func TestIPEPolicyParser(t *testing.T) {
 	k := vm.RequireKernel(t)
 	vm.RequireTools(t, "mkfs.ext4", "openssl")
@@ -111,6 +113,22 @@ func TestIPEPolicyParser(t *testing.T) {
 		writeTB(t, filepath.Join(tree, "parser", "ecdsa-"+curve+".p7s"), signed)
 		ecCerts = append(ecCerts, ecCert)
 	}
+	// Size limits: the largest policy whose signed form fits in
+	// ipe.MaxPolicySize bytes loads; one rule more is refused with
+	// EMSGSIZE (the kernel's ASN.1 decoder, lib/asn1_decoder.c, takes at
+	// most 65535 bytes); 50 000 rules (5.6 MB) fail earlier, with ENOMEM
+	// (IPE copies a write into one kmalloc buffer, at most 4 MiB).
+	signSize := func(n int) []byte { return signRulesPolicy(t, key, cert, fmt.Sprintf("size_%d", n), 1, n, nil, nil) }
+	maxRules := largestPolicy(signSize)
+	sizeCases := []struct {
+		rules, size int
+		want        string
+	}{{rules: maxRules, want: "OK"}, {rules: maxRules + 1, want: "EMSGSIZE"}, {rules: 50000, want: "ENOMEM"}}
+	for i, c := range sizeCases {
+		signed := signSize(c.rules)
+		sizeCases[i].size = len(signed)
+		writeTB(t, filepath.Join(tree, "parser", fmt.Sprintf("size-%d.p7s", c.rules)), signed)
+	}
 	disk := vm.Ext4(t, tree, "ipeparser", "32M")
 	initrd := vm.Initramfs(t, initramfs.Spec{Init: guestBin, ModuleDir: k.Modules, Modules: vm.BootModules})
 	res := vm.Boot(t, vm.Options{Name: "ipeparser", Kernel: k.Image, Initramfs: initrd, Disks: []string{disk}, DBCerts: append([]string{certPath}, ecCerts...)})
@@ -135,6 +153,13 @@ func TestIPEPolicyParser(t *testing.T) {
 			t.Errorf("%s: the kernel answered %s, want a parser error (EBADMSG, ERANGE, EINVAL)", c.name, kernel)
 		}
 		t.Logf("%-22s kernel %-8s Check %v", c.name, kernel, cerr)
+	}
+	for _, c := range sizeCases {
+		if got := got[fmt.Sprintf("size-%d.p7s", c.rules)]; got != c.want {
+			t.Errorf("signed policy of %d rules (%d bytes; limit %d): the kernel answered %s, want %s", c.rules, c.size, ipe.MaxPolicySize, got, c.want)
+		} else {
+			t.Logf("signed policy of %d rules (%d bytes): %s", c.rules, c.size, got)
+		}
 	}
 	for _, curve := range []string{"P-256", "P-384"} {
 		if got := got["ecdsa-"+curve+".p7s"]; got != "OK" {
