@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # mkinitramfs.sh -o OUT -init INIT [-kernel-modules DIR -modules LIST]
-#                [-cert FILE]... [-config FILE] [-policy FILE]
+#                [-cert FILE]... [-fsverity-cert FILE]... [-config FILE] [-policy FILE]
 #                [-file SRC:DST[:MODE]]... [-compress zstd|gzip|none]
 #
 # Builds a reproducible cfsroot initramfs. The work is done by the Go helper

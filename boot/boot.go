@@ -35,6 +35,9 @@ type Status struct {
 	Signer       string        `json:"signer,omitempty"`
 	SignerSHA256 string        `json:"signer_sha256,omitempty"`
 	Refused      []SlotRefusal `json:"refused,omitempty"`
+	// FsveritySigners are the certificates added to the .fs-verity keyring
+	// (fsverity_certs), which was then locked.
+	FsveritySigners []CertStatus `json:"fsverity_signers,omitempty"`
 	// Slots is the slot state (trial boots), when the repository has one.
 	Slots *SlotStatus `json:"slots,omitempty"`
 	// Provision is what provision_verity did, when configured.
@@ -46,6 +49,12 @@ type Status struct {
 	Upper    string          `json:"upper"`
 	Init     string          `json:"init"`
 	Steps    []StepTime      `json:"steps"`
+}
+
+// CertStatus names a certificate.
+type CertStatus struct {
+	Subject string `json:"subject"`
+	SHA256  string `json:"sha256"` // of its DER encoding (signature.Fingerprint)
 }
 
 // SlotRefusal records why a slot was not booted.
@@ -178,6 +187,20 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 		return nil, err
 	}
 
+	// Before anything opens an object (provision_verity enables them with
+	// their signatures; the overlay reads them), the object signers go into
+	// the .fs-verity keyring, which is then locked.
+	var fvSigners []*x509.Certificate
+	if cfg.FsverityCerts != "" {
+		if err := b.step("fsverity-keys", func() error {
+			var err error
+			fvSigners, err = b.trustFsveritySigners()
+			return err
+		}); err != nil {
+			return nil, err
+		}
+	}
+
 	diskSel := cfg.Disk
 	if b.Choice.Disk != "" {
 		diskSel = b.Choice.Disk
@@ -239,7 +262,7 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 		}
 	}
 
-	if err := b.step("measure", func() error { return b.measure(ctx, img, policy) }); err != nil {
+	if err := b.step("measure", func() error { return b.measure(ctx, img, policy, fvSigners) }); err != nil {
 		return nil, err
 	}
 	if err := b.step("mount", func() error { return b.mountRoot(img) }); err != nil {
@@ -258,6 +281,32 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 		return nil, &StepError{Step: "status", File: StatusPath, Err: err}
 	}
 	return &b.status, nil
+}
+
+// trustFsveritySigners loads the fsverity_certs certificates and has the
+// kernel trust them for builtin fs-verity signatures, and nothing else
+// from now on. Any failure stops the boot: booting on would let objects
+// signed by keys someone else added pass IPE's fsverity_signature rule, or
+// leave every signed object unopenable.
+func (b *Boot) trustFsveritySigners() ([]*x509.Certificate, error) {
+	p := b.Config.FsverityCerts
+	ts, err := signature.LoadTrustStore(b.Env.path(p))
+	if err != nil {
+		return nil, &StepError{Step: "fsverity-keys", File: p, Err: err}
+	}
+	certs := ts.Certificates()
+	if b.Env.TrustFsveritySigners == nil {
+		return nil, &StepError{Step: "fsverity-keys", File: p, Err: errors.New("this environment cannot add keys to the .fs-verity keyring")}
+	}
+	if err := b.Env.TrustFsveritySigners(certs); err != nil {
+		return nil, &StepError{Step: "fsverity-keys", File: p, Err: err}
+	}
+	for _, c := range certs {
+		b.status.FsveritySigners = append(b.status.FsveritySigners, CertStatus{Subject: c.Subject.String(), SHA256: signature.Fingerprint(c)})
+		b.Log.Infof("fsverity-keys", "trusting %s (sha256:%s) for builtin fs-verity signatures", c.Subject, signature.Fingerprint(c))
+	}
+	b.Log.Infof("fsverity-keys", "the .fs-verity keyring is locked: no key can be added until the next boot")
+	return certs, nil
 }
 
 func (b *Boot) mountDisk(ctx context.Context, selector string) error {
@@ -381,8 +430,8 @@ func (b *Boot) readPolicy(imageName string) ([]byte, error) {
 	return policy, nil
 }
 
-func (b *Boot) measure(ctx context.Context, img *image, policy []byte) error {
-	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Signer: img.signer, Pinned: img.signer == nil, Policy: policy}
+func (b *Boot) measure(ctx context.Context, img *image, policy []byte, fvSigners []*x509.Certificate) error {
+	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Signer: img.signer, Pinned: img.signer == nil, Policy: policy, FsveritySigners: fvSigners}
 	if b.Config.RollbackMeasured() && b.floor != nil {
 		info.Rollback = &measure.RollbackInfo{Version: img.version.Version, Product: img.version.Product, Floor: b.floor.Value(), NV: b.floor.NVState}
 	}

@@ -37,6 +37,15 @@ type Config struct {
 	// initramfs whose image signatures are accepted (default
 	// /etc/cfsroot/certs, where mkinitramfs.sh puts them).
 	TrustedCerts string `json:"trusted_certs,omitempty"`
+	// FsverityCerts is a PEM file or directory of certificates in the
+	// initramfs (mkinitramfs.sh -fsverity-cert puts them in
+	// /etc/cfsroot/fsverity-certs) of the keys that sign the objects'
+	// builtin fs-verity signatures. When set, the init adds them to the
+	// kernel's .fs-verity keyring and locks it before it opens any object,
+	// measures their fingerprints, and provision_verity enables objects with
+	// their signatures: IPE's fsverity_signature=TRUE then matches exactly
+	// the objects these keys signed.
+	FsverityCerts string `json:"fsverity_certs,omitempty"`
 	// Disk selects the backing filesystem: LABEL=..., UUID=..., PARTUUID=...
 	// or a /dev path.
 	Disk string `json:"disk"`
@@ -261,6 +270,9 @@ func (c *Config) normalize() error {
 	}
 	if c.IPEPolicy != "" && c.IPEPolicy != "image" && !path.IsAbs(c.IPEPolicy) {
 		bad("ipe_policy %q: want an absolute path in the initramfs, or \"image\"", c.IPEPolicy)
+	}
+	if c.FsverityCerts != "" && !path.IsAbs(c.FsverityCerts) {
+		bad("fsverity_certs %q: want an absolute path in the initramfs", c.FsverityCerts)
 	}
 	if c.IPEEnforce && c.IPEPolicy == "" {
 		bad("ipe_enforce needs an ipe_policy")

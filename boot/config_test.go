@@ -67,6 +67,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{`{"disk": "LABEL=x", "slots": ["a"], "tpm": "maybe"}`, `tpm "maybe"`},
 		{`{"disk": "LABEL=x", "slots": ["a"], "ipe_enforce": true}`, "ipe_enforce needs an ipe_policy"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "ipe_policy": "policy.p7s"}`, "absolute path"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "fsverity_certs": "certs"}`, "fsverity_certs \"certs\": want an absolute path"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "upper": "disk"}`, "want none, tmpfs or DISK:DIR"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "init": "sbin/init"}`, "absolute path"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "on_failure": "shell"}`, "needs allow_shell"},

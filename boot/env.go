@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rootfs/ipe"
 	"github.com/cfsroot/cfsroot/rootfs/mount"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
@@ -40,6 +42,9 @@ type Env struct {
 	// (verity.Enable with the default parameters and sig, nil for none);
 	// used by provision_verity.
 	EnableVerity func(f *os.File, sig []byte) error
+	// TrustFsveritySigners adds certificates to the kernel's .fs-verity
+	// keyring and locks it (objsig.TrustSigners); used with fsverity_certs.
+	TrustFsveritySigners func(certs []*x509.Certificate) error
 }
 
 // Mounter is the mount(2) calls the boot makes.
@@ -70,6 +75,7 @@ func SystemEnv() *Env {
 		EnableVerity: func(f *os.File, sig []byte) error {
 			return verity.Enable(f, verity.Params{}, sig)
 		},
+		TrustFsveritySigners: objsig.TrustSigners,
 	}
 }
 

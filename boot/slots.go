@@ -3,6 +3,7 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/cfsroot/cfsroot/internal/diskfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/repo"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -177,7 +179,11 @@ func (b *Boot) provision(slots []string) {
 	}
 	// enable turns fs-verity on for f if it is off; it reports whether it
 	// did.
-	enable := func(f *os.File) (bool, error) {
+	// With fsverity_certs, an object is enabled with the builtin signature
+	// beside it (objsig), or not at all: enabled without one, it could
+	// never be signed, and IPE's signature rule would deny it for good.
+	signed := b.Config.FsverityCerts != ""
+	enable := func(f *os.File, withSig bool) (bool, error) {
 		_, err := b.Env.Digest(f)
 		if err == nil {
 			return false, nil
@@ -185,7 +191,13 @@ func (b *Boot) provision(slots []string) {
 		if !errors.Is(err, verity.ErrNotEnabled) {
 			return false, err
 		}
-		return true, b.Env.EnableVerity(f, nil)
+		var sig []byte
+		if withSig {
+			if sig, err = readSignatureFile(objsig.Path(f.Name())); err != nil {
+				return false, err
+			}
+		}
+		return true, b.Env.EnableVerity(f, sig)
 	}
 	seen := map[string]bool{}
 	var objects []string
@@ -196,7 +208,7 @@ func (b *Boot) provision(slots []string) {
 			fail("%s: %v", p, err)
 			continue
 		}
-		did, err := enable(f)
+		did, err := enable(f, false)
 		switch {
 		case err != nil:
 			fail("%s: %v", p, err)
@@ -223,7 +235,7 @@ func (b *Boot) provision(slots []string) {
 					fail("%s: %v", p, err)
 					continue
 				}
-				did, err := enable(f)
+				did, err := enable(f, signed)
 				f.Close()
 				mu.Lock()
 				switch {
@@ -250,6 +262,24 @@ func (b *Boot) provision(slots []string) {
 	if ps.errCount > 0 {
 		b.Log.Errorf("provision", "%d files could not be provisioned, first: %s", ps.errCount, ps.Errors[0])
 	}
+}
+
+// readSignatureFile reads an object's builtin-signature file, which is no
+// bigger than fs-verity accepts.
+func readSignatureFile(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("no builtin signature (cfsroot sign-objects writes it): %w", err)
+	}
+	defer f.Close()
+	sig, err := io.ReadAll(io.LimitReader(f, verity.MaxSignatureSize+1))
+	switch {
+	case err != nil:
+		return nil, err
+	case len(sig) == 0 || len(sig) > verity.MaxSignatureSize:
+		return nil, fmt.Errorf("%s: %d bytes is no builtin signature", p, len(sig))
+	}
+	return sig, nil
 }
 
 // imageObjects lists the objects the image in f references that are not

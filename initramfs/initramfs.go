@@ -72,6 +72,11 @@ type Spec struct {
 	// Certs are trusted certificates (PEM or DER X.509), stored under
 	// layout.CertDir with their base names.
 	Certs []string
+	// FsverityCerts are the certificates of the keys that sign objects'
+	// builtin fs-verity signatures (PEM or DER X.509), stored under
+	// layout.FsverityCertDir with their base names; the init adds them to
+	// the .fs-verity keyring (config key fsverity_certs).
+	FsverityCerts []string
 	// Config is the init's config file, stored as layout.Config; optional.
 	Config string
 	// Policy is a signed IPE policy (DER PKCS#7), stored as layout.Policy;
@@ -130,16 +135,21 @@ func Build(w io.Writer, s Spec) (*Result, error) {
 			return nil, err
 		}
 	}
-	for _, c := range s.Certs {
-		data, err := os.ReadFile(c)
-		if err != nil {
-			return nil, fmt.Errorf("initramfs: certificate: %w", err)
-		}
-		if err := checkCert(data); err != nil {
-			return nil, fmt.Errorf("initramfs: certificate %s: %w", c, err)
-		}
-		if err := b.add(path.Join(layout.CertDir, filepath.Base(c)), data, 0o644); err != nil {
-			return nil, err
+	for _, set := range []struct {
+		certs []string
+		dir   string
+	}{{s.Certs, layout.CertDir}, {s.FsverityCerts, layout.FsverityCertDir}} {
+		for _, c := range set.certs {
+			data, err := os.ReadFile(c)
+			if err != nil {
+				return nil, fmt.Errorf("initramfs: certificate: %w", err)
+			}
+			if err := checkCert(data); err != nil {
+				return nil, fmt.Errorf("initramfs: certificate %s: %w", c, err)
+			}
+			if err := b.add(path.Join(set.dir, filepath.Base(c)), data, 0o644); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if s.Policy != "" {

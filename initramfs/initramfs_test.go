@@ -131,6 +131,10 @@ func TestBuildExtractsWithCpio(t *testing.T) {
 		t.Run(string(tc.comp), func(t *testing.T) {
 			s := s
 			s.Compression = tc.comp
+			s.FsverityCerts = []string{filepath.Join(filepath.Dir(s.Certs[0]), "objects.pem")}
+			if err := os.WriteFile(s.FsverityCerts[0], mustRead(t, s.Certs[0]), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			var buf bytes.Buffer
 			res, err := Build(&buf, s)
 			if err != nil {
@@ -179,6 +183,7 @@ func TestBuildExtractsWithCpio(t *testing.T) {
 			}
 			certPEM, _ := os.ReadFile(s.Certs[0])
 			want[layout.CertDir+"/signer.pem"] = string(certPEM)
+			want[layout.FsverityCertDir+"/objects.pem"] = string(certPEM)
 			for p, content := range want {
 				got, err := os.ReadFile(filepath.Join(out, p))
 				if err != nil {
@@ -372,4 +377,13 @@ func BenchmarkBuildTrixie(b *testing.B) {
 			b.ReportMetric(float64(size), "bytes")
 		})
 	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -22,6 +22,10 @@ const (
 	EventSeparator = "cfsroot-separator"
 	EventVersion   = "cfsroot-version"
 	EventFloor     = "cfsroot-floor"
+	// EventFsveritySigner names a certificate the init added to the
+	// .fs-verity keyring (fsverity_certs): which keys' object signatures
+	// IPE's fsverity_signature rule accepts in this boot.
+	EventFsveritySigner = "cfsroot-fsverity-signer"
 )
 
 // PinnedDigest is the signer field of the signer event when the image was
@@ -75,6 +79,9 @@ type ImageInfo struct {
 	// Pinned says the image was accepted by a digest pinned in the
 	// configuration, without a signature.
 	Pinned bool
+	// FsveritySigners are the certificates added to the .fs-verity keyring,
+	// in the order they were added (none without fsverity_certs).
+	FsveritySigners []*x509.Certificate
 	// Policy is the signed IPE policy file exactly as written to
 	// /sys/kernel/security/ipe/new_policy (the attached PKCS#7 .p7s bytes),
 	// or nil when no policy is loaded.
@@ -107,6 +114,7 @@ type RollbackInfo struct {
 //	cfsroot-signer:pinned-digest      instead, when the digest was pinned
 //	cfsroot-version:PRODUCT:N         the image's product (may be empty) and security version; only with Rollback
 //	cfsroot-floor:F:nv=STATE          the floor and the NV counter's state (off, read, missing); only with Rollback
+//	cfsroot-fsverity-signer:sha256:HEX  one per object signer added to the .fs-verity keyring
 //	cfsroot-ipe-policy:sha256:HEX     HEX = SHA-256 of the policy file's bytes; only when a policy is loaded
 //	cfsroot-separator                 always last
 //
@@ -146,6 +154,9 @@ func Events(img ImageInfo) ([]Event, error) {
 		evs = append(evs,
 			Event{Type: EventVersion, Data: fmt.Sprintf("%s:%s:%d", EventVersion, r.Product, r.Version)},
 			Event{Type: EventFloor, Data: fmt.Sprintf("%s:%d:nv=%s", EventFloor, r.Floor, r.NV)})
+	}
+	for _, c := range img.FsveritySigners {
+		evs = append(evs, Event{Type: EventFsveritySigner, Data: EventFsveritySigner + ":sha256:" + signature.Fingerprint(c)})
 	}
 	if img.Policy != nil {
 		sum := sha256.Sum256(img.Policy)

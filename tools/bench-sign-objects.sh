@@ -32,7 +32,7 @@ for k in rsa p256; do
 	for i in $(seq "$runs"); do
 		find "$tmp/objects" -name '*.sig' -delete
 		/usr/bin/time -f '%e' -o "$tmp/time" "$tmp/cfsroot" sign-objects --threads "$threads" \
-			--key "$tmp/$k.key" --cert "$tmp/$k.pem" --store "$tmp/objects" "$tmp/img.cfs" >/dev/null
+			--key "$tmp/$k.key" --cert "$tmp/$k.pem" --store "$tmp/objects" "$tmp/img.cfs" >/dev/null 2>&1
 		t=$(cat "$tmp/time")
 		if [ -z "$best" ] || [ "$(echo "$t < $best" | bc -l)" = 1 ]; then best=$t; fi
 	done

@@ -23,13 +23,14 @@ const defaultBanks = "sha1,sha256,sha384,sha512"
 var (
 	pcrPredictCmd = &command{
 		name: "pcr predict",
-		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--policy POLICY.p7s] [--floor N [--floor-nv STATE]] [--pcr N] [--bank LIST] [--events]",
+		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--fsverity-signers CERTS] [--policy POLICY.p7s] [--floor N [--floor-nv STATE]] [--pcr N] [--bank LIST] [--events]",
 		summary: "print the PCR values cfsroot's init leaves after measuring IMAGE, from a reset PCR (all zeros)\n\n" +
 			"The init extends, on every active bank, the events\n" +
 			"  cfsroot-image:NAME:<IMAGE's fs-verity digest, sha256:HEX>\n" +
 			"  cfsroot-signer:sha256:<SHA-256 of the signer certificate's DER> (or cfsroot-signer:pinned-digest)\n" +
 			"  cfsroot-version:<IMAGE's product>:<IMAGE's security version> (only with --floor)\n" +
 			"  cfsroot-floor:<floor>:nv=<off|read|missing> (only with --floor)\n" +
+			"  cfsroot-fsverity-signer:sha256:<SHA-256 of the certificate's DER> (one per object signer, with fsverity_certs)\n" +
 			"  cfsroot-ipe-policy:sha256:<SHA-256 of the policy file> (only with a policy)\n" +
 			"  cfsroot-separator\n" +
 			"Output: one line \"PCR BANK HEX\" per bank.",
@@ -99,6 +100,8 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 	policyPath := fs.String("policy", "", "the signed IPE policy (.p7s) the init loads, if any")
 	floor := fs.Uint64("floor", 0, "the anti-rollback floor the init checks IMAGE against (max of min_version and the NV counter); give it when the\nconfig sets min_version, product or rollback_nv: the init then measures IMAGE's security version and the floor")
 	floorNV := fs.String("floor-nv", "read", "with --floor: the NV counter's state at boot: off (rollback_nv off), read, or missing (rollback_nv optional, no counter)")
+	fvSigners := fs.String("fsverity-signers", "", "the object signers' certificates the init adds to the .fs-verity keyring (config fsverity_certs):\n"+
+		"a PEM file or a directory of .pem/.crt/.der files, as in the initramfs (the order is the init's: file names, then order in a file)")
 	pcr := pcrFlag(fs, measure.DefaultPCR, "PCR index the init extends (only labels the output: the value from reset does not depend on it)")
 	banks := fs.String("bank", defaultBanks, "comma-separated PCR banks: sha1, sha256, sha384, sha512, sm3_256")
 	showEvents := fs.Bool("events", false, "also print each measured event as \"event TYPE TEXT\", before the values")
@@ -179,6 +182,13 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 		if info.Signer, err = loadOneCert(*signerPath); err != nil {
 			return err
 		}
+	}
+	if *fvSigners != "" {
+		ts, err := signature.LoadTrustStore(*fvSigners)
+		if err != nil {
+			return fmt.Errorf("pcr predict: --fsverity-signers: %w", err)
+		}
+		info.FsveritySigners = ts.Certificates()
 	}
 	if *policyPath != "" {
 		if info.Policy, err = os.ReadFile(*policyPath); err != nil {

@@ -330,3 +330,42 @@ func TestPCRPredictRollback(t *testing.T) {
 		t.Error("--floor-nv without --floor accepted")
 	}
 }
+
+// TestPCRPredictFsveritySigners: --fsverity-signers DIR adds one event per
+// object signer, in file-name order, after the image signer; the texts come
+// from openssl's fingerprints and the PCR from openssl's chaining.
+func TestPCRPredictFsveritySigners(t *testing.T) {
+	f := newPCRFixture(t)
+	certs := filepath.Join(f.dir, "fsverity-certs")
+	os.MkdirAll(certs, 0o755)
+	opensslKey(t, certs, "b-objects", "-newkey", "rsa:2048")
+	opensslKey(t, certs, "a-objects", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+	for _, k := range []string{"a-objects.key", "b-objects.key"} {
+		os.Remove(filepath.Join(certs, k))
+	}
+	fingerprint := func(cert string) string {
+		out := string(testutil.Run(t, "openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256"))
+		return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(out[strings.Index(out, "=")+1:]), ":", ""))
+	}
+	digest := strings.Fields(string(testutil.Run(t, "fsverity", "digest", f.image)))[0]
+	texts := []string{
+		"cfsroot-image:image:" + digest,
+		"cfsroot-signer:sha256:" + fingerprint(f.cert),
+		"cfsroot-fsverity-signer:sha256:" + fingerprint(filepath.Join(certs, "a-objects.pem")),
+		"cfsroot-fsverity-signer:sha256:" + fingerprint(filepath.Join(certs, "b-objects.pem")),
+		"cfsroot-separator",
+	}
+	out, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--sig", f.sig, "--trusted", f.cert,
+		"--fsverity-signers", certs, "--bank", "sha256", "--events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range texts {
+		if !strings.Contains(out, " "+s+"\n") {
+			t.Errorf("pcr predict lacks event %q:\n%s", s, out)
+		}
+	}
+	if want := "15 sha256 " + opensslPCR(t, "-sha256", 32, texts) + "\n"; !strings.HasSuffix(out, want) {
+		t.Errorf("pcr predict printed\n%s\nopenssl chains to %s", out, want)
+	}
+}

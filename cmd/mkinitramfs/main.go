@@ -34,6 +34,10 @@ Flags:
                    (modules.softdep, e.g. libcrc32c -> crc32c) are added,
                    built-in modules skipped
   -cert FILE       trusted certificate, PEM or DER (repeatable)
+  -fsverity-cert FILE
+                   certificate of a key that signs objects' builtin fs-verity
+                   signatures, PEM or DER (repeatable); the init adds it to the
+                   .fs-verity keyring when the config says "fsverity_certs"
   -config FILE     the init's config
   -policy FILE     signed IPE policy: DER PKCS#7 from
                    openssl smime -sign -nodetach -noattr -binary -outform der
@@ -46,6 +50,7 @@ Layout (package initramfs/layout):
   /init                          the static init binary (mode 0755)
   /etc/cfsroot/config            the init's config, copied byte for byte
   /etc/cfsroot/certs/NAME        trusted certificates, file names kept
+  /etc/cfsroot/fsverity-certs/NAME  object signers (-fsverity-cert), names kept
   /etc/cfsroot/ipe/policy.p7s    the signed IPE policy, if given
   /etc/cfsroot/modules.list      modules to load, in order: one absolute
                                  path per line; "optional" after the path
@@ -83,7 +88,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stdout, usage) }
 	var (
 		out, init, modDir, config, policy, comp string
-		modules, certs, files                   multi
+		modules, certs, fvCerts, files          multi
 		quiet                                   bool
 	)
 	fs.StringVar(&out, "o", "", "")
@@ -91,6 +96,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&modDir, "kernel-modules", "", "")
 	fs.Var(&modules, "modules", "")
 	fs.Var(&certs, "cert", "")
+	fs.Var(&fvCerts, "fsverity-cert", "")
 	fs.StringVar(&config, "config", "", "")
 	fs.StringVar(&policy, "policy", "", "")
 	fs.Var(&files, "file", "")
@@ -109,12 +115,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return usageError{errors.New("-o and -init are required")}
 	}
 	s := initramfs.Spec{
-		Init:        init,
-		ModuleDir:   modDir,
-		Certs:       certs,
-		Config:      config,
-		Policy:      policy,
-		Compression: initramfs.Compression(comp),
+		Init:          init,
+		ModuleDir:     modDir,
+		Certs:         certs,
+		FsverityCerts: fvCerts,
+		Config:        config,
+		Policy:        policy,
+		Compression:   initramfs.Compression(comp),
 	}
 	for _, m := range modules {
 		s.Modules = append(s.Modules, strings.FieldsFunc(m, func(r rune) bool { return r == ',' || r == ' ' })...)

@@ -5,6 +5,7 @@
 //	/init                          the static init binary (mode 0755)
 //	/etc/cfsroot/config            the init's config, copied byte for byte
 //	/etc/cfsroot/certs/NAME        trusted certificates (PEM or DER, file names kept)
+//	/etc/cfsroot/fsverity-certs/NAME  object signers for the .fs-verity keyring (likewise)
 //	/etc/cfsroot/ipe/policy.p7s    optional signed IPE policy (PKCS#7, as given)
 //	/etc/cfsroot/modules.list      module load list (format: package initramfs/kmod)
 //	/lib/modules/KVER/PATH.ko      modules, decompressed, at their modules.dep paths
@@ -25,6 +26,9 @@ const (
 	Config = Dir + "/config"
 	// CertDir holds the trusted certificates, one per file.
 	CertDir = Dir + "/certs"
+	// FsverityCertDir holds the certificates of the object signers, which
+	// the init adds to the .fs-verity keyring (config fsverity_certs).
+	FsverityCertDir = Dir + "/fsverity-certs"
 	// Policy is the signed IPE policy the init loads, if present.
 	Policy = Dir + "/ipe/policy.p7s"
 	// ModuleList lists the module files to load, in order, one per line.
