@@ -123,4 +123,3 @@ func runWithin(t *testing.T, h *hostEnv, config string) (*Status, error) {
 	}
 	return nil, nil
 }
-
