@@ -52,6 +52,8 @@ type fixture struct {
 	certX509 *signature.TrustStore
 	digest   verity.Digest // of the good image
 	initBin  string
+	// extraDisks are attached after the (copied) disk, as they are.
+	extraDisks []string
 }
 
 var (
@@ -247,7 +249,7 @@ func bootCfsroot(t *testing.T, f *fixture, config string, appendArgs ...string) 
 		Name:      vmName(t),
 		Kernel:    f.kernel.Image,
 		Initramfs: initrd,
-		Disks:     []string{disk},
+		Disks:     append([]string{disk}, f.extraDisks...),
 		TPM:       true,
 		Append:    appendArgs,
 	})
