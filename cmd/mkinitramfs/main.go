@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/initramfs"
 )
 
@@ -38,7 +39,9 @@ Flags:
                    certificate of a key that signs objects' builtin fs-verity
                    signatures, PEM or DER (repeatable); the init adds it to the
                    .fs-verity keyring when the config says "fsverity_certs"
-  -config FILE     the init's config
+  -config FILE     the init's config; it is loaded with the init's own parser
+                   (boot.LoadConfig) and any error stops the build, so a typo
+                   is found here rather than when the device boots
   -policy FILE     signed IPE policy: DER PKCS#7 from
                    openssl smime -sign -nodetach -noattr -binary -outform der
   -file SRC:DST[:MODE]
@@ -139,6 +142,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", e)
 		}
 		s.ModTime = t
+	}
+	if config != "" {
+		// The init refuses a config its parser rejects, at boot, with the
+		// device powering off: refuse to build such an initramfs instead.
+		if _, err := boot.LoadConfig(config); err != nil {
+			return fmt.Errorf("-config: the init would refuse this config at boot, so no initramfs was built: %w", err)
+		}
 	}
 	start := time.Now()
 	res, err := initramfs.WriteFile(out, s)

@@ -76,3 +76,56 @@ func TestRun(t *testing.T) {
 		t.Errorf("bad SOURCE_DATE_EPOCH: %v", err)
 	}
 }
+
+// TestRunConfig: -config is loaded with the init's parser at build time; a
+// config the init would refuse stops the build with the parser's reason and
+// leaves no initramfs (and an existing one untouched).
+func TestRunConfig(t *testing.T) {
+	dir := t.TempDir()
+	init := filepath.Join(dir, "init")
+	if err := os.WriteFile(init, []byte("\x7fELF"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, config, err string
+	}{
+		{"valid", `{"disk": "LABEL=cfsroot", "slots": ["a", "b"], "tpm": "optional"}`, ""},
+		{"misspelt key", `{"disk": "LABEL=cfsroot", "slots": ["a"], "tmp": "optional"}`, `"tmp"`},
+		{"not JSON", `{"disk": "LABEL=cfsroot",`, "config"},
+		{"bad value", `{"disk": "LABEL=cfsroot", "slots": ["a"], "tpm": "sometimes"}`, "sometimes"},
+		{"no slots", `{"disk": "LABEL=cfsroot"}`, "slot"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "config.json")
+			if err := os.WriteFile(cfg, []byte(tc.config), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "initrd")
+			var stdout, stderr bytes.Buffer
+			err := run([]string{"-q", "-o", out, "-init", init, "-config", cfg, "-compress", "none"}, &stdout, &stderr)
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("run: %v", err)
+				}
+				b, err := os.ReadFile(out)
+				if err != nil || !bytes.Contains(b, []byte(tc.config)) {
+					t.Errorf("initramfs lacks the config byte for byte (%v)", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "-config") {
+				t.Fatalf("run = %v, want an error naming -config and %s", err, tc.err)
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Errorf("an initramfs was written: %v", err)
+			}
+			if err := os.WriteFile(out, []byte("old"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			run([]string{"-q", "-o", out, "-init", init, "-config", cfg}, &stdout, &stderr)
+			if b, _ := os.ReadFile(out); string(b) != "old" {
+				t.Error("a refused build changed the existing initramfs")
+			}
+		})
+	}
+}
