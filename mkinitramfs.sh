@@ -2,6 +2,7 @@
 # mkinitramfs.sh -o OUT -init INIT [-kernel-modules DIR -modules LIST]
 #                [-cert FILE]... [-fsverity-cert FILE]... [-config FILE] [-policy FILE]
 #                [-file SRC:DST[:MODE]]... [-compress zstd|gzip|none]
+#                [-shell auto|yes|no]
 #
 # Builds a reproducible cfsroot initramfs. The work is done by the Go helper
 # cmd/mkinitramfs (package initramfs), which this script builds into bin/
@@ -17,4 +18,5 @@ go=$(command -v go || true)
 # go build is a no-op when nothing changed, so this costs well under a second.
 mkdir -p "$top/bin"
 (cd "$top" && CGO_ENABLED=0 "$go" build -trimpath -o bin/mkinitramfs ./cmd/mkinitramfs)
-exec "$top/bin/mkinitramfs" "$@"
+# GO tells the helper which toolchain builds the emergency shell (-shell).
+GO="$go" exec "$top/bin/mkinitramfs" "$@"

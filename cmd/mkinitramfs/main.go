@@ -47,6 +47,13 @@ Flags:
   -file SRC:DST[:MODE]
                    extra file SRC at absolute path DST, octal MODE (repeatable)
   -compress C      zstd (default; the kernel needs CONFIG_RD_ZSTD), gzip or none
+  -shell auto|yes|no
+                   carry an emergency shell for on_failure "shell": u-root's
+                   gosh at /bin/sh and its core commands (cat cp dmesg grep ls
+                   mkdir mount ps umount) in /bin, built static with the Go
+                   toolchain from the u-root version in go.mod (the first
+                   build downloads it). auto (default): when -config sets
+                   allow_shell
   -q               do not print the summary
 
 Layout (package initramfs/layout):
@@ -61,6 +68,7 @@ Layout (package initramfs/layout):
   /lib/modules/KVER/PATH.ko      modules, decompressed, at their modules.dep
                                  paths; modules.dep for them alongside
   /dev/console, /dev/null        device nodes; /proc /sys /run /tmp empty
+  /bin/sh, /bin/NAME             with -shell: gosh and u-root core commands
 `
 
 type multi []string
@@ -91,6 +99,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() { fmt.Fprint(stdout, usage) }
 	var (
 		out, init, modDir, config, policy, comp string
+		shell                                   string
 		modules, certs, fvCerts, files          multi
 		quiet                                   bool
 	)
@@ -105,6 +114,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&files, "file", "")
 	fs.StringVar(&comp, "compress", string(initramfs.Zstd), "")
 	fs.BoolVar(&quiet, "q", false, "")
+	fs.StringVar(&shell, "shell", "auto", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -136,19 +146,42 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		s.Files = append(s.Files, file)
 	}
+	switch shell {
+	case "auto", "yes", "no":
+	default:
+		return usageError{fmt.Errorf("-shell %q: want auto, yes or no", shell)}
+	}
+	allowShell := false
+	if config != "" {
+		// The init refuses a config its parser rejects, at boot, with the
+		// device powering off: refuse to build such an initramfs instead.
+		cfg, err := boot.LoadConfig(config)
+		if err != nil {
+			return fmt.Errorf("-config: the init would refuse this config at boot, so no initramfs was built: %w", err)
+		}
+		allowShell = cfg.AllowShell
+	}
+	if shell == "auto" {
+		shell = map[bool]string{true: "yes", false: "no"}[allowShell]
+	}
+	if shell == "yes" {
+		dir, err := os.MkdirTemp("", "mkinitramfs-shell-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		sh, err := initramfs.BuildShell(dir)
+		if err != nil {
+			return err
+		}
+		s.Files = append(s.Files, sh...)
+	}
 	if e := os.Getenv("SOURCE_DATE_EPOCH"); e != "" {
 		t, err := strconv.ParseInt(e, 10, 64)
 		if err != nil || t < 0 {
 			return fmt.Errorf("SOURCE_DATE_EPOCH=%q is not a number of seconds since 1970", e)
 		}
 		s.ModTime = t
-	}
-	if config != "" {
-		// The init refuses a config its parser rejects, at boot, with the
-		// device powering off: refuse to build such an initramfs instead.
-		if _, err := boot.LoadConfig(config); err != nil {
-			return fmt.Errorf("-config: the init would refuse this config at boot, so no initramfs was built: %w", err)
-		}
 	}
 	start := time.Now()
 	res, err := initramfs.WriteFile(out, s)

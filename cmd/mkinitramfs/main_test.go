@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"debug/elf"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cfsroot/cfsroot/initramfs"
+	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
 func TestParseFile(t *testing.T) {
@@ -127,5 +131,87 @@ func TestRunConfig(t *testing.T) {
 				t.Error("a refused build changed the existing initramfs")
 			}
 		})
+	}
+}
+
+// TestShell: with allow_shell in the config, the initramfs carries u-root's
+// gosh at /bin/sh and core commands in /bin (issue 12, finding 13). The
+// archive is unpacked by cpio(1), the binaries are checked to be static
+// ELF, and the unpacked shell runs a command line that uses ls and cat
+// from the unpacked /bin. Without allow_shell (or with -shell no) there is
+// no /bin.
+func TestShell(t *testing.T) {
+	testutil.RequireTool(t, "cpio")
+	dir := t.TempDir()
+	init := filepath.Join(dir, "init")
+	os.WriteFile(init, []byte("\x7fELF"), 0o755)
+	withShell := filepath.Join(dir, "shell.json")
+	os.WriteFile(withShell, []byte(`{"disk": "LABEL=x", "slots": ["a"], "on_failure": "shell", "allow_shell": true}`), 0o644)
+	noShell := filepath.Join(dir, "plain.json")
+	os.WriteFile(noShell, []byte(`{"disk": "LABEL=x", "slots": ["a"]}`), 0o644)
+
+	unpack := func(t *testing.T, args ...string) string {
+		t.Helper()
+		out := filepath.Join(t.TempDir(), "initrd")
+		var stdout, stderr bytes.Buffer
+		if err := run(append([]string{"-o", out, "-init", init, "-compress", "none", "-q"}, args...), &stdout, &stderr); err != nil {
+			t.Fatalf("run: %v\n%s", err, stderr.String())
+		}
+		root := t.TempDir()
+		cmd := exec.Command("cpio", "-idm", "--quiet")
+		cmd.Dir = root
+		cmd.Stdin, _ = os.Open(out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("cpio: %v\n%s", err, b)
+		}
+		return root
+	}
+
+	start := time.Now()
+	root := unpack(t, "-config", withShell)
+	t.Logf("built and packed the shell in %v", time.Since(start).Round(time.Millisecond))
+	for _, name := range append([]string{"sh"}, initramfs.ShellCommands...) {
+		p := filepath.Join(root, "bin", name)
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Errorf("/bin/%s: %v", name, err)
+			continue
+		}
+		if fi.Mode().Perm() != 0o755 {
+			t.Errorf("/bin/%s mode %v", name, fi.Mode())
+		}
+		f, err := elf.Open(p)
+		if err != nil {
+			t.Errorf("/bin/%s: %v", name, err)
+			continue
+		}
+		for _, prog := range f.Progs {
+			if prog.Type == elf.PT_INTERP {
+				t.Errorf("/bin/%s is dynamically linked", name)
+			}
+		}
+		f.Close()
+	}
+	os.WriteFile(filepath.Join(root, "hello"), []byte("hello from the initramfs\n"), 0o644)
+	sh := exec.Command(filepath.Join(root, "bin/sh"), "-c", "echo shell works; ls "+root+"; cat "+filepath.Join(root, "hello"))
+	sh.Env = []string{"PATH=" + filepath.Join(root, "bin")}
+	out, err := sh.CombinedOutput()
+	if err != nil {
+		t.Fatalf("unpacked /bin/sh: %v\n%s", err, out)
+	}
+	for _, want := range []string{"shell works", "init", "hello from the initramfs"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("shell output lacks %q:\n%s", want, out)
+		}
+	}
+
+	for _, args := range [][]string{{"-config", noShell}, {"-config", withShell, "-shell", "no"}} {
+		if _, err := os.Stat(filepath.Join(unpack(t, args...), "bin")); !os.IsNotExist(err) {
+			t.Errorf("%v: /bin exists (%v)", args, err)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run([]string{"-o", filepath.Join(dir, "x"), "-init", init, "-shell", "maybe"}, &stdout, &stderr); err == nil || !strings.Contains(err.Error(), "want auto, yes or no") {
+		t.Errorf("-shell maybe: %v", err)
 	}
 }
