@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -85,12 +86,20 @@ func TestReadmeGuide(t *testing.T) {
 	cmd.Stdin = nil
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 10 * time.Second // a swtpm left running must not hold the output pipe
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	pgid := cmd.Process.Pid
-	t.Cleanup(func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) }) // a swtpm QEMU never connected to
+	t.Cleanup(func() {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		// swtpm --daemon runs in a session of its own; with --terminate it
+		// ends with QEMU's connection, but not if QEMU never connected.
+		if b, err := os.ReadFile(filepath.Join(w, "tpm", "swtpm.pid")); err == nil {
+			killIfCmdline(strings.TrimSpace(string(b)), w)
+		}
+	})
 	runErr := cmd.Wait()
 	t.Logf("README guide ran in %.1fs (output and console: %s)", time.Since(start).Seconds(), logPath)
 	if runErr != nil {
@@ -225,6 +234,18 @@ func certSHA256(t *testing.T, path string) string {
 	}
 	sum := sha256.Sum256(blk.Bytes)
 	return hex.EncodeToString(sum[:])
+}
+
+// killIfCmdline kills process pid if its command line mentions mark (so a
+// stale pid file cannot make the test kill another process).
+func killIfCmdline(pid, mark string) {
+	cmdline, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+	if err != nil || !bytes.Contains(cmdline, []byte(mark)) {
+		return
+	}
+	if n, err := strconv.Atoi(pid); err == nil && n > 1 {
+		_ = syscall.Kill(n, syscall.SIGKILL)
+	}
 }
 
 func logDir(t *testing.T, repo string) string {
