@@ -58,28 +58,11 @@ func TestVerifyRefusesSHA1(t *testing.T) {
 		raw := filepath.Join(dir, name+"-"+md+".raw")
 		testutil.Run(t, "openssl", "dgst", "-"+md, "-sign", filepath.Join(dir, name+".key"), "-out", raw, content)
 		sig, _ := os.ReadFile(raw)
-		c := certs[name]
 		alg := pkix.AlgorithmIdentifier{Algorithm: sigAlg}
 		if name == "rsa" {
 			alg.Parameters = asn1.NullRawValue
 		}
-		sd := signedData{
-			Version:          1,
-			DigestAlgorithms: []pkix.AlgorithmIdentifier{{Algorithm: oidSHA256, Parameters: asn1.NullRawValue}},
-			ContentInfo:      contentInfo{ContentType: oidData},
-			SignerInfos: []signerInfo{{
-				Version:                   1,
-				IssuerAndSerial:           issuerAndSerial{Issuer: asn1.RawValue{FullBytes: c.RawIssuer}, Serial: c.SerialNumber},
-				DigestAlgorithm:           pkix.AlgorithmIdentifier{Algorithm: oidSHA256, Parameters: asn1.NullRawValue},
-				DigestEncryptionAlgorithm: alg,
-				EncryptedDigest:           sig,
-			}},
-		}
-		inner, err := asn1.Marshal(sd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := asn1.Marshal(contentInfo{ContentType: oidSignedData, Content: asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: inner}})
+		out, err := encodeSignedData(oidSHA256, alg, certs[name], sig, nil, Options{Detached: true})
 		if err != nil {
 			t.Fatal(err)
 		}

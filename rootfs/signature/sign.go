@@ -114,6 +114,12 @@ func Sign(content []byte, key crypto.Signer, cert *x509.Certificate, opts Option
 	case *ecdsa.PublicKey:
 		sigAlg = pkix.AlgorithmIdentifier{Algorithm: oidECDSAWithSHA[opts.Hash]}
 	}
+	return encodeSignedData(digestOID, sigAlg, cert, sig, content, opts)
+}
+
+// encodeSignedData wraps a signature made by cert's key into DER PKCS#7
+// SignedData in a ContentInfo, with the content unless opts.Detached.
+func encodeSignedData(digestOID asn1.ObjectIdentifier, sigAlg pkix.AlgorithmIdentifier, cert *x509.Certificate, sig, content []byte, opts Options) ([]byte, error) {
 	sd := signedData{
 		Version:          1,
 		DigestAlgorithms: []pkix.AlgorithmIdentifier{{Algorithm: digestOID, Parameters: asn1.NullRawValue}},
