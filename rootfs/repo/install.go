@@ -50,6 +50,10 @@ type InstallOptions struct {
 	Protect []string
 	// Progress, if set, is called as objects are copied.
 	Progress func(done, total int, bytes int64)
+	// Step, if set, is called at each point where the repository on disk
+	// has changed (an object stored, a file published, the state written),
+	// with a short name of the point. Tests use it to cut the power there.
+	Step func(point string)
 }
 
 // InstallResult says what an install did.
@@ -189,6 +193,7 @@ func (r *Repo) Install(opts InstallOptions) (*InstallResult, error) {
 		if err := WriteState(r.dir, st); err != nil {
 			return nil, fmt.Errorf("install: %w", err)
 		}
+		step(opts, "trial-cleared")
 	}
 	r.removeTemps()
 
@@ -197,7 +202,7 @@ func (r *Repo) Install(opts InstallOptions) (*InstallResult, error) {
 		err = r.verifyObjects(objects, res)
 	}
 	if err == nil {
-		err = r.publish(opts.Slot, data, sig, policy, res)
+		err = r.publish(opts, data, sig, policy, res)
 	}
 	if err != nil {
 		for _, p := range added {
@@ -218,8 +223,15 @@ func (r *Repo) Install(opts InstallOptions) (*InstallResult, error) {
 	if err := WriteState(r.dir, st); err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
+	step(opts, "committed")
 	res.State = st
 	return res, nil
+}
+
+func step(opts InstallOptions, point string) {
+	if opts.Step != nil {
+		opts.Step(point)
+	}
 }
 
 func readLimited(p string, limit int64) ([]byte, error) {
@@ -299,6 +311,7 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 		if opts.Progress != nil {
 			opts.Progress(i+1, len(missing), res.CopiedBytes)
 		}
+		step(opts, "object "+o.path)
 	}
 	// The renames into objects/xx must be durable before the image that
 	// references them gets its final name.
@@ -307,7 +320,11 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			return added, newDirs, err
 		}
 	}
-	return added, newDirs, syncDir(r.Path(ObjectsDir))
+	if err := syncDir(r.Path(ObjectsDir)); err != nil {
+		return added, newDirs, err
+	}
+	step(opts, "objects-synced")
+	return added, newDirs, nil
 }
 
 // verifyObjects checks every object of the image in the repository: its
@@ -383,16 +400,18 @@ func checkObject(p string, o imageObject) (verityOn bool, err error) {
 
 // publish writes the slot's signature, policy and image, the image last,
 // each under a temporary name first.
-func (r *Repo) publish(slot string, image, sig, policy []byte, res *InstallResult) error {
-	dir := r.Path(ImagesDir)
+func (r *Repo) publish(opts InstallOptions, image, sig, policy []byte, res *InstallResult) error {
+	dir, slot := r.Path(ImagesDir), opts.Slot
 	if err := writeFile(filepath.Join(dir, slot+".cfs.sig"), sig, nil); err != nil {
 		return err
 	}
+	step(opts, "sig-written")
 	pol := filepath.Join(dir, slot+".ipe.p7s")
 	if policy != nil {
 		if err := writeFile(pol, policy, nil); err != nil {
 			return err
 		}
+		step(opts, "policy-written")
 	} else if err := os.Remove(pol); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -423,7 +442,11 @@ func (r *Repo) publish(slot string, image, sig, policy []byte, res *InstallResul
 	if !enabled {
 		res.NoVerity++
 	}
-	return syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	step(opts, "image-written")
+	return nil
 }
 
 // writeFile writes data to a temporary file next to p, syncs it, calls
@@ -483,4 +506,24 @@ func (r *Repo) removeTemps() (n int) {
 		}
 	}
 	return n
+}
+
+// Verify checks that every object the slot's image references is in the
+// repository with the size and fs-verity digest the image records (what
+// `cfsroot check --verify` checks), and returns how many objects there are
+// and how many lack fs-verity.
+func (r *Repo) Verify(slot string) (objects, noVerity int, err error) {
+	data, err := readLimited(r.ImagePath(slot), maxImageSize)
+	if err != nil {
+		return 0, 0, fmt.Errorf("verify %s: %w", slot, err)
+	}
+	objs, err := readImageObjects(data)
+	if err != nil {
+		return 0, 0, fmt.Errorf("verify %s: %w", slot, err)
+	}
+	var res InstallResult
+	if err := r.verifyObjects(objs, &res); err != nil {
+		return len(objs), res.NoVerity, fmt.Errorf("verify %s: %w", slot, err)
+	}
+	return len(objs), res.NoVerity, nil
 }
