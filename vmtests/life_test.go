@@ -24,12 +24,15 @@ import (
 	"github.com/cfsroot/cfsroot/vmtests/vm"
 )
 
-// lifeFile is the content of a test file: 64 KiB that depend on name and
+// lifeFile is the content of a test file: lifeFileSize bytes that depend on name and
 // version, so that changed files make new objects of a known size.
 func lifeFile(name string, version int) []byte {
 	line := fmt.Sprintf("%s version %d\n", name, version)
-	return bytes.Repeat([]byte(line), 64<<10/len(line)+1)[:64<<10]
+	return bytes.Repeat([]byte(line), lifeFileSize/len(line)+1)[:lifeFileSize]
 }
+
+// lifeFileSize is the size of each test file.
+const lifeFileSize = 256 << 10
 
 const (
 	lifeChanged  = 18 // files image 2 changes
@@ -95,8 +98,8 @@ func lifeTree(t *testing.T, dir string, v int, guestBin, cert string) string {
 // tries; gc of the objects only the first image used.
 //
 // CFSROOT_LIFE_POWERCUTS=N cuts the power N times (default 2); "all" cuts
-// it at every point where the update changes the disk, one point per boot,
-// until the update commits (about 21 boots).
+// it at the 1st, 2nd, 3rd... point where the update changes the disk, one
+// cut per boot, until a run completes (about 22 boots).
 func TestLife(t *testing.T) {
 	k := vm.RequireKernel(t)
 	vm.RequireTools(t, "mkfs.ext4")
@@ -229,7 +232,10 @@ func TestLife(t *testing.T) {
 	for i := 0; ; i++ {
 		args := []string{update2}
 		if i < cuts {
-			args = append(args, "lifeguest.crash=1")
+			// The i-th boot cuts at the (i+1)-th change its run makes:
+			// work lost in a cut is redone, so later boots reach later
+			// points, until a run completes.
+			args = append(args, fmt.Sprintf("lifeguest.crash=%d", i+1))
 		}
 		res, st := bootOnce(fmt.Sprintf("update2-%d", i), args...)
 		if i == 0 {
@@ -248,7 +254,7 @@ func TestLife(t *testing.T) {
 		}
 		checkRepo(res, 0, st)
 		if c, ok := res.Result("crash"); ok {
-			points = append(points, c.Data["point"])
+			points = append(points, c.Data["n"]+":"+c.Data["point"])
 			if c.Data["point"] == "committed" {
 				break // the next boot is the trial
 			}

@@ -184,6 +184,11 @@ func (s *Store) finish(tmp *os.File, final string, d []byte) error {
 	return nil
 }
 
+// Copy copies the content of in to out as the store does (for callers that
+// stage objects themselves, such as an installer that syncs once for many
+// objects): reflink, else copy_file_range, else read and write.
+func (s *Store) Copy(out, in *os.File) error { return s.copyFile(out, in) }
+
 // copyFile copies in to out: reflink, else copy_file_range, else read and
 // write (the fallbacks mkcomposefs uses).
 func (s *Store) copyFile(out, in *os.File) error {

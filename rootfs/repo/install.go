@@ -199,7 +199,7 @@ func (r *Repo) Install(opts InstallOptions) (*InstallResult, error) {
 
 	added, newDirs, err := r.copyObjects(opts, objects, res)
 	if err == nil {
-		err = r.verifyObjects(objects, res)
+		err = r.verifyObjects(objects, res, true)
 	}
 	if err == nil {
 		err = r.publish(opts, data, sig, policy, res)
@@ -259,9 +259,14 @@ func readLimited(p string, limit int64) ([]byte, error) {
 
 // copyObjects copies the objects the repository lacks from opts.Store and
 // returns the ones it added and the directories it created (removed again
-// if the install fails).
+// if the install fails). It stages every object under a temporary name,
+// flushes the filesystem once (syncfs), then enables fs-verity on each and
+// renames it to its final name, and flushes again: an object's final name
+// only ever holds its complete content, at the cost of two flushes for the
+// whole update rather than one per object.
 func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *InstallResult) (added, newDirs []string, err error) {
-	store, err := composefs.OpenStore(r.Path(ObjectsDir))
+	objDir := r.Path(ObjectsDir)
+	store, err := composefs.OpenStore(objDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -275,13 +280,18 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			return nil, nil, fmt.Errorf("object %s: %w", o.path, err)
 		}
 	}
-	dirs := map[string]bool{}
-	for _, o := range missing {
-		d := filepath.Dir(o.path)
-		if _, err := os.Lstat(r.Path(ObjectsDir, d)); errors.Is(err, fs.ErrNotExist) {
-			newDirs = append(newDirs, d)
+	full := func(err error) error {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			return fmt.Errorf("the target filesystem is full (%d new objects of %d bytes needed): %w", len(missing), need, err)
 		}
+		return err
 	}
+	var tmps []string
+	defer func() {
+		for _, t := range tmps {
+			os.Remove(t) // after a failure; renamed ones are gone already
+		}
+	}()
 	for i, o := range missing {
 		if o.digest.Sum == nil || o.digest.Algorithm != verity.SHA256 {
 			return added, newDirs, fmt.Errorf("object %s: the image records no fs-verity SHA-256 digest for it (build it with mkimage --digest-store)", o.path)
@@ -290,47 +300,113 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			return added, newDirs, fmt.Errorf("object %s: its path is not its digest %s (not a --digest-store image)", o.path, o.digest)
 		}
 		src := filepath.Join(opts.Store, o.path)
-		if st, err := os.Stat(src); err != nil {
-			return added, newDirs, fmt.Errorf("object %s: %w", o.path, err)
-		} else if uint64(st.Size()) != o.size {
-			return added, newDirs, fmt.Errorf("object %s in %s: %d bytes, the image expects %d", o.path, opts.Store, st.Size(), o.size)
-		}
-		ok, err := store.AddFile(src, o.digest.Sum)
+		in, err := os.Open(src)
 		if err != nil {
-			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-				err = fmt.Errorf("the target filesystem is full (%d new objects of %d bytes needed): %w", len(missing), need, err)
+			return added, newDirs, fmt.Errorf("object %s: %w", o.path, err)
+		}
+		st, err := in.Stat()
+		if err == nil && uint64(st.Size()) != o.size {
+			err = fmt.Errorf("%d bytes in %s, the image expects %d", st.Size(), opts.Store, o.size)
+		}
+		var tmp *os.File
+		if err == nil {
+			tmp, err = os.CreateTemp(objDir, ".tmp")
+		}
+		if err == nil {
+			tmps = append(tmps, tmp.Name())
+			err = store.Copy(tmp, in)
+			if err == nil {
+				err = tmp.Chmod(0o644)
 			}
-			return added, newDirs, err
+			if cerr := tmp.Close(); err == nil {
+				err = cerr
+			}
 		}
-		if ok {
-			added = append(added, o.path)
-			res.Copied++
-			res.CopiedBytes += int64(o.size)
-			dirs[filepath.Dir(o.path)] = true
+		in.Close()
+		if err != nil {
+			return added, newDirs, full(fmt.Errorf("object %s: %w", o.path, err))
 		}
+		res.CopiedBytes += int64(o.size)
 		if opts.Progress != nil {
 			opts.Progress(i+1, len(missing), res.CopiedBytes)
 		}
+	}
+	if err := syncFS(objDir); err != nil {
+		return added, newDirs, full(err)
+	}
+	for i, o := range missing {
+		final := r.Path(ObjectsDir, o.path)
+		d := filepath.Dir(o.path)
+		if _, err := os.Lstat(filepath.Dir(final)); errors.Is(err, fs.ErrNotExist) {
+			if err := os.Mkdir(filepath.Dir(final), 0o755); err != nil {
+				return added, newDirs, full(err)
+			}
+			newDirs = append(newDirs, d)
+		}
+		if err := enableChecked(tmps[i], o.digest); err != nil {
+			return added, newDirs, full(fmt.Errorf("object %s: %w", o.path, err))
+		}
+		if err := os.Rename(tmps[i], final); err != nil {
+			return added, newDirs, full(err)
+		}
+		tmps[i] = ""
+		added = append(added, o.path)
+		res.Copied++
 		step(opts, "object "+o.path)
 	}
-	// The renames into objects/xx must be durable before the image that
-	// references them gets its final name.
-	for d := range dirs {
-		if err := syncDir(r.Path(ObjectsDir, d)); err != nil {
-			return added, newDirs, err
-		}
-	}
-	if err := syncDir(r.Path(ObjectsDir)); err != nil {
-		return added, newDirs, err
+	if err := syncFS(objDir); err != nil {
+		return added, newDirs, full(err)
 	}
 	step(opts, "objects-synced")
 	return added, newDirs, nil
 }
 
+// enableChecked enables fs-verity on the file at p (where the filesystem
+// can) and checks the kernel's digest against want.
+func enableChecked(p string, want verity.Digest) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = verity.Enable(f, verity.Params{}, nil)
+	if verity.IsNotSupported(err) || errors.Is(err, unix.EINVAL) {
+		return nil // checked in userspace by verifyObjects
+	}
+	if err != nil {
+		return err
+	}
+	d, err := verity.Measure(f)
+	if err != nil {
+		return err
+	}
+	if !d.Equal(want) {
+		return fmt.Errorf("content changed while it was copied: fs-verity digest %s, the image expects %s", d, want)
+	}
+	return nil
+}
+
+// syncFS flushes the filesystem holding dir.
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", dir, err)
+	}
+	return nil
+}
+
 // verifyObjects checks every object of the image in the repository: its
 // size, and its fs-verity digest (the kernel's when fs-verity is enabled,
 // else computed), as `cfsroot check --verify` does.
-func (r *Repo) verifyObjects(objects []imageObject, res *InstallResult) error {
+//
+// With enable, objects without fs-verity get it where the filesystem can
+// (objects copied by hand, or by a run interrupted between enabling and
+// renaming).
+func (r *Repo) verifyObjects(objects []imageObject, res *InstallResult, enable bool) error {
 	var mu sync.Mutex
 	var errs []error
 	noVerity := 0
@@ -341,7 +417,7 @@ func (r *Repo) verifyObjects(objects []imageObject, res *InstallResult) error {
 		go func() {
 			defer wg.Done()
 			for o := range work {
-				enabled, err := checkObject(r.Path(ObjectsDir, o.path), o)
+				enabled, err := checkObject(r.Path(ObjectsDir, o.path), o, enable)
 				mu.Lock()
 				if err != nil && len(errs) < 10 {
 					errs = append(errs, err)
@@ -364,7 +440,7 @@ func (r *Repo) verifyObjects(objects []imageObject, res *InstallResult) error {
 
 // checkObject checks one object file against the image's size and digest
 // and says whether it has fs-verity enabled.
-func checkObject(p string, o imageObject) (verityOn bool, err error) {
+func checkObject(p string, o imageObject, enable bool) (verityOn bool, err error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return false, fmt.Errorf("object %s: %w", o.path, err)
@@ -381,6 +457,14 @@ func checkObject(p string, o imageObject) (verityOn bool, err error) {
 		return false, nil
 	}
 	d, err := verity.Measure(f)
+	if enable && errors.Is(err, verity.ErrNotEnabled) {
+		// An object put there by hand or left by an interrupted run:
+		// enable fs-verity now if the filesystem can (no writer may
+		// have it open; we opened it read-only).
+		if eerr := verity.Enable(f, verity.Params{}, nil); eerr == nil {
+			d, err = verity.Measure(f)
+		}
+	}
 	switch {
 	case err == nil:
 		verityOn = true
@@ -522,7 +606,7 @@ func (r *Repo) Verify(slot string) (objects, noVerity int, err error) {
 		return 0, 0, fmt.Errorf("verify %s: %w", slot, err)
 	}
 	var res InstallResult
-	if err := r.verifyObjects(objs, &res); err != nil {
+	if err := r.verifyObjects(objs, &res, false); err != nil {
 		return len(objs), res.NoVerity, fmt.Errorf("verify %s: %w", slot, err)
 	}
 	return len(objs), res.NoVerity, nil

@@ -289,7 +289,7 @@ func checkStoreMatches(t *testing.T, r *Repo, slot string, b built) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.verifyObjects(objs, &InstallResult{}); err != nil {
+	if err := r.verifyObjects(objs, &InstallResult{}, false); err != nil {
 		t.Errorf("slot %s: %v", slot, err)
 	}
 }
