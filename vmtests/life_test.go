@@ -181,6 +181,11 @@ func TestLife(t *testing.T) {
 		if !ok || !sr.OK || json.Unmarshal([]byte(sr.Data["json"]), &st) != nil {
 			t.Fatalf("boot %d (%s): no status.json from the booted system (console %s)", boots, what, res.LogFile)
 		}
+		for _, s := range st.Steps {
+			if s.Step == "slots" {
+				t.Logf("boot %d: step slots (state, attempt, provision_verity) took %d ms", boots, s.MS)
+			}
+		}
 		if st.VerifiedBy != "signature" || (st.Image != "a" && st.Image != "b") {
 			t.Errorf("boot %d: booted %s verified by %s", boots, st.Image, st.VerifiedBy)
 		}
