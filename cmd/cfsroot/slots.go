@@ -150,6 +150,9 @@ func runInstall(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "installed %s into slot %s: digest %s, signed by %s\n", pos[0], *slot, res.Digest, res.Signer.Subject)
 	fmt.Fprintf(stdout, "objects: %d referenced, %d copied (%d bytes); image %d bytes; all %d checked in %v\n",
 		res.Objects, res.Copied, res.CopiedBytes, res.ImageBytes, res.Objects, time.Since(start).Round(time.Millisecond))
+	if res.Signatures > 0 {
+		fmt.Fprintf(stdout, "object signatures: %d copied beside their objects, fs-verity enabled with them\n", res.Signatures)
+	}
 	if res.NoVerity > 0 {
 		fmt.Fprintf(stdout, "fs-verity: not enabled on %d files (this kernel or filesystem cannot); set \"provision_verity\": true in the init's config so the target enables it at first boot\n", res.NoVerity)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -35,7 +36,9 @@ type InstallOptions struct {
 	Slot string
 	// Image is the composefs image (mkimage --digest-store output); Sig its
 	// signature (default Image+".sig"); Policy its signed IPE policy
-	// (optional).
+	// (optional). Objects' builtin signatures (objsig: OBJECT.sig beside
+	// the object in Store, `cfsroot sign-objects`) are copied with them
+	// and fs-verity is enabled with them.
 	Image, Sig, Policy string
 	// Store is the object store the image was built with (--digest-store).
 	Store string
@@ -63,6 +66,7 @@ type InstallResult struct {
 	Objects     int   // objects the image references
 	Copied      int   // objects that were missing and were copied
 	CopiedBytes int64 // their size
+	Signatures  int   // builtin signatures copied with them (objsig)
 	ImageBytes  int64
 	// NoVerity counts the image's files (objects and the image itself)
 	// left without fs-verity because the target's kernel or filesystem has
@@ -287,9 +291,15 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 		return err
 	}
 	var tmps []string
+	// sigTmps[i] is the staged builtin signature of missing[i] ("" if the
+	// source store has none beside the object, objsig's layout).
+	sigTmps := make([]string, len(missing))
+	sigs := make([][]byte, len(missing))
 	defer func() {
-		for _, t := range tmps {
-			os.Remove(t) // after a failure; renamed ones are gone already
+		for _, t := range append(tmps, sigTmps...) {
+			if t != "" {
+				os.Remove(t) // after a failure; renamed ones are gone already
+			}
 		}
 	}()
 	for i, o := range missing {
@@ -323,6 +333,22 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			}
 		}
 		in.Close()
+		if err == nil {
+			sigs[i], err = readSig(objsig.Path(src))
+		}
+		if err == nil && sigs[i] != nil {
+			var t *os.File
+			if t, err = os.CreateTemp(objDir, ".tmp"); err == nil {
+				sigTmps[i] = t.Name()
+				_, err = t.Write(sigs[i])
+				if err == nil {
+					err = t.Chmod(0o644)
+				}
+				if cerr := t.Close(); err == nil {
+					err = cerr
+				}
+			}
+		}
 		if err != nil {
 			return added, newDirs, full(fmt.Errorf("object %s: %w", o.path, err))
 		}
@@ -343,8 +369,18 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			}
 			newDirs = append(newDirs, d)
 		}
-		if err := enableChecked(tmps[i], o.digest); err != nil {
+		if err := enableChecked(tmps[i], o.digest, sigs[i]); err != nil {
 			return added, newDirs, full(fmt.Errorf("object %s: %w", o.path, err))
+		}
+		// The signature first: an object under its final name has its
+		// signature beside it for provision_verity to enable it with.
+		if sigTmps[i] != "" {
+			if err := os.Rename(sigTmps[i], objsig.Path(final)); err != nil {
+				return added, newDirs, full(err)
+			}
+			sigTmps[i] = ""
+			added = append(added, objsig.Path(o.path))
+			res.Signatures++
 		}
 		if err := os.Rename(tmps[i], final); err != nil {
 			return added, newDirs, full(err)
@@ -362,16 +398,24 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 }
 
 // enableChecked enables fs-verity on the file at p (where the filesystem
-// can) and checks the kernel's digest against want.
-func enableChecked(p string, want verity.Digest) error {
+// can), with the builtin signature sig if there is one, and checks the
+// kernel's digest against want.
+func enableChecked(p string, want verity.Digest, sig []byte) error {
 	f, err := os.Open(p)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	err = verity.Enable(f, verity.Params{}, nil)
+	if sig != nil {
+		err = verity.EnableSigned(f, sig)
+	} else {
+		err = verity.Enable(f, verity.Params{}, nil)
+	}
 	if verity.IsNotSupported(err) || errors.Is(err, unix.EINVAL) {
 		return nil // checked in userspace by verifyObjects
+	}
+	if errors.Is(err, unix.ENOKEY) {
+		return fmt.Errorf("%w: the kernel does not trust the object signer; install from the booted device (its init loads fsverity_certs into the .fs-verity keyring) or leave fs-verity to provision_verity on a kernel without it", err)
 	}
 	if err != nil {
 		return err
@@ -384,6 +428,15 @@ func enableChecked(p string, want verity.Digest) error {
 		return fmt.Errorf("content changed while it was copied: fs-verity digest %s, the image expects %s", d, want)
 	}
 	return nil
+}
+
+// readSig reads an object's builtin signature file, if there is one.
+func readSig(p string) ([]byte, error) {
+	data, err := readLimited(p, 64<<10)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return data, err
 }
 
 // syncFS flushes the filesystem holding dir.

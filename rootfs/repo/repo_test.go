@@ -636,3 +636,47 @@ func TestGCKeepsObjectSignatures(t *testing.T) {
 		}
 	}
 }
+
+// TestInstallCopiesObjectSignatures: an object's builtin signature beside
+// it in the source store (objsig's layout, what `cfsroot sign-objects`
+// writes) is installed beside the object; a failed install removes it again.
+func TestInstallCopiesObjectSignatures(t *testing.T) {
+	s := newSigner(t, "image signer")
+	trust := signature.NewTrustStore(s.cert)
+	srcStore := filepath.Join(t.TempDir(), "objects")
+	b := build(t, s, srcStore, tree1)
+	data, _ := os.ReadFile(b.image)
+	objs, err := readImageObjects(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Signatures of the objects' digests by the test key (the kernel is not
+	// involved on tmpfs; the bytes must arrive unchanged).
+	want := map[string][]byte{}
+	for _, o := range objs[:3] {
+		sig, err := signature.SignDigest(o.digest, s.key, s.cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[o.path] = sig
+		os.WriteFile(filepath.Join(srcStore, objsig.Path(o.path)), sig, 0o644)
+	}
+	r, err := Open(filepath.Join(t.TempDir(), "composefs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := install(t, r, trust, "a", b)
+	if res.Signatures != len(want) {
+		t.Errorf("installed %d signatures, want %d", res.Signatures, len(want))
+	}
+	for p, sig := range want {
+		got, err := os.ReadFile(r.Path(ObjectsDir, objsig.Path(p)))
+		if err != nil || !bytes.Equal(got, sig) {
+			t.Errorf("signature of %s: %v", p, err)
+		}
+	}
+	// gc keeps them with their objects.
+	if g, err := r.GC(nil, true); err != nil || len(g.Removed) != 0 {
+		t.Errorf("gc would remove %v (%v)", g, err)
+	}
+}
