@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -126,10 +127,7 @@ func raiseFloor(statusPath, dev string, stdout, stderr io.Writer) error {
 	case r.NVState == "off":
 		fmt.Fprintln(stdout, "the init's config does not use the TPM NV floor (rollback_nv off); nothing to raise")
 		return nil
-	case r.NVState == "missing":
-		fmt.Fprintln(stderr, "cfsroot bless: warning: the init found no rollback NV counter (rollback_nv optional); run cfsroot tpm provision, then bless again, to protect this version")
-		return nil
-	case r.NVState != "read":
+	case r.NVState != "read" && r.NVState != "missing":
 		return fmt.Errorf("anti-rollback floor: %s: unknown nv_state %q", statusPath, r.NVState)
 	}
 	idx, err := parseNVIndex(r.NVIndex)
@@ -143,6 +141,11 @@ func raiseFloor(statusPath, dev string, stdout, stderr io.Writer) error {
 	}
 	defer m.Close()
 	before, after, err := rollback.Raise(ctx, m, idx, r.Version)
+	if errors.Is(err, rollback.ErrMissing) && r.NVState == "missing" {
+		// rollback_nv optional, and still no counter.
+		fmt.Fprintf(stderr, "cfsroot bless: warning: there is no rollback NV counter (%v): version %d is not protected against rollback; run cfsroot tpm provision, then bless again\n", err, r.Version)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("anti-rollback floor: %w; the slot is blessed, run bless again to raise the floor", err)
 	}

@@ -71,13 +71,19 @@ func TestTPMProvisionAndBlessFloor(t *testing.T) {
 		{`{"image": "b", "rollback": {"version": 2, ` + read + `}}`, "3", "stays at 3: the booted version 2 is below it"},
 		{`{"image": "a", "rollback": {"version": 3, ` + read + `}}`, "3", "is already 3"},
 		{`{"image": "c", "rollback": {"version": 9, "nv_state": "off"}}`, "3", "rollback_nv off"},
-		{`{"image": "c", "rollback": {"version": 9, "nv_state": "missing"}}`, "3", "run cfsroot tpm provision"},
 		{`{"image": "c"}`, "3", "recorded no security version"},
+		// The init found no counter, which was provisioned since: raised.
+		{`{"image": "c", "rollback": {"version": 4, "nv_state": "missing", "nv_index": "0x0180cf50"}}`, "4", "raised from 3 to 4"},
 	} {
 		floor, says := floorAfter(tc.status)
 		if floor != tc.floor || !strings.Contains(says, tc.says) {
 			t.Errorf("%s: floor %s, said %q; want floor %s and %q", tc.status, floor, says, tc.floor, tc.says)
 		}
+	}
+	// Still no counter (another index): a warning, nothing raised.
+	floor, says := floorAfter(`{"image": "c", "rollback": {"version": 9, "nv_state": "missing", "nv_index": "0x0180cf51"}}`)
+	if floor != "4" || !strings.Contains(says, "not protected against rollback; run cfsroot tpm provision") {
+		t.Errorf("missing counter: floor %s, said %q", floor, says)
 	}
 	// A status claiming a huge version (root can write it) is bounded.
 	os.WriteFile(status, []byte(`{"image": "a", "rollback": {"version": 100000, `+read+`}}`), 0o644)
