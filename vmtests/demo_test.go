@@ -326,6 +326,21 @@ func runDemo(t *testing.T, root string) {
 			"%s (%v)", sd, sdErr)
 	}
 
+	if !minimal {
+		// systemd's own reader of the same log: systemd-pcrlock parses every
+		// record, replays firmware and userspace logs and compares with the TPM.
+		pr, _ := res.Result("pcrlock-log")
+		pl, plErr := parsePcrlockLog(pr.Data["stdout"])
+		if plErr == nil && !pr.OK {
+			plErr = fmt.Errorf("%s: %s", pr.Error, pr.Data["stderr"])
+		}
+		if plErr == nil {
+			plErr = pl.agrees(recs, predicted["sha256"])
+		}
+		c.check("systemd-pcrlock log reads every cfsroot record, PCR 15 replayed = TPM = predicted", plErr == nil,
+			"%d records on PCR 15 (%v)", len(pl.records), plErr)
+	}
+
 	if policy != "" {
 		ipeRes, _ := res.Result("ipe")
 		ipe := ipeRes.Data
@@ -579,6 +594,99 @@ func parseAnalyzePCRs(out string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no sha256 value of PCR 15 in %q", out)
+}
+
+// pcrlockLog is what `systemd-pcrlock log --json=short` says about PCR 15:
+// the records it parsed (from the firmware log and from
+// /run/log/systemd/tpm2-measure.log) and its replay against the TPM.
+type pcrlockLog struct {
+	records []pcrlockRecord
+	// pcr15 is PCR 15's row: "hashMatchesEventLog" (the replay equals
+	// what the TPM reports), "calculatedSHA256" and "observedSHA256".
+	pcr15 map[string]any
+}
+
+type pcrlockRecord struct {
+	description string
+	digests     map[string]string // bank ("sha256") -> hex
+	match       any               // "match": true/false when systemd checked the payload, null otherwise
+}
+
+// parsePcrlockLog parses the JSON object {"log": [...], "pcrs": [...]} that
+// systemd-pcrlock log prints with --json (systemd's src/pcrlock/pcrlock.c,
+// verb_show_log: one row per record, one per PCR).
+func parsePcrlockLog(out string) (pcrlockLog, error) {
+	var l pcrlockLog
+	var v struct {
+		Log  []map[string]any `json:"log"`
+		PCRs []map[string]any `json:"pcrs"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return l, fmt.Errorf("systemd-pcrlock log: %w in %.300q", err, out)
+	}
+	for _, r := range v.Log {
+		if n, _ := r["pcr"].(float64); n != 15 {
+			continue
+		}
+		rec := pcrlockRecord{digests: map[string]string{}, match: r["match"]}
+		rec.description, _ = r["description"].(string)
+		for _, a := range measure.KnownAlgs {
+			if h, ok := r[a.String()].(string); ok {
+				rec.digests[a.String()] = strings.ToLower(h)
+			}
+		}
+		l.records = append(l.records, rec)
+	}
+	for _, r := range v.PCRs {
+		if n, _ := r["pcr"].(float64); n == 15 {
+			l.pcr15 = r
+		}
+	}
+	if l.pcr15 == nil {
+		return l, fmt.Errorf("systemd-pcrlock log has no row for PCR 15 in %.300q", out)
+	}
+	return l, nil
+}
+
+// agrees checks that pcrlock read exactly the records of our log, with our
+// texts and digests on every bank, none marked as not matching its payload,
+// and that its replay of PCR 15 equals the TPM's value on every bank and the
+// predicted SHA-256 value.
+func (l pcrlockLog) agrees(recs []eventlog.Record, predicted string) error {
+	var ours []eventlog.Record
+	for _, r := range recs {
+		if r.PCR == 15 {
+			ours = append(ours, r)
+		}
+	}
+	if len(l.records) != len(ours) || len(ours) == 0 {
+		return fmt.Errorf("pcrlock read %d records on PCR 15, the log has %d", len(l.records), len(ours))
+	}
+	for i, r := range ours {
+		p := l.records[i]
+		ok := r.Content != nil && p.description == r.Content.String && p.match != false && len(p.digests) == len(r.Digests)
+		for _, d := range r.Digests {
+			ok = ok && p.digests[d.HashAlg] == d.Digest
+		}
+		if !ok {
+			return fmt.Errorf("record %d: pcrlock read %q %v (match %v), the log has %+v", i, p.description, p.digests, p.match, r)
+		}
+	}
+	banks := 0
+	for k, v := range l.pcr15 {
+		if bank, ok := strings.CutPrefix(k, "calculated"); ok {
+			obs, _ := l.pcr15["observed"+bank].(string)
+			if calc, _ := v.(string); calc == "" || !strings.EqualFold(calc, obs) {
+				return fmt.Errorf("PCR 15 %s: pcrlock replays %v, the TPM has %q", bank, v, obs)
+			}
+			banks++
+		}
+	}
+	obs, _ := l.pcr15["observedSHA256"].(string)
+	if l.pcr15["hashMatchesEventLog"] != true || banks == 0 || !strings.EqualFold(obs, predicted) {
+		return fmt.Errorf("PCR 15: pcrlock says %v, predicted sha256 %s", l.pcr15, predicted)
+	}
+	return nil
 }
 
 type demoChecks struct {

@@ -79,6 +79,12 @@ func main() {
 	pcrsText, _ := command(time.Minute, "systemd-analyze", "pcrs", "15")
 	fmt.Fprintf(out, "cfsroot-demo-report: systemd-analyze pcrs 15:\n%s\n", pcrsText)
 
+	// An independent reader of the event log: systemd's own pcrlock parses
+	// the firmware log and /run/log/systemd/tpm2-measure.log, replays them
+	// and compares with the TPM (JSON on stdout, notices on stderr).
+	pcrlock, pcrlockErr, err := commandOut(time.Minute, "/usr/lib/systemd/systemd-pcrlock", "log", "--json=short")
+	guest.Check(out, "pcrlock-log", map[string]string{"stdout": pcrlock, "stderr": pcrlockErr}, err)
+
 	reportIPE(out)
 
 	journal, _ := command(time.Minute, "journalctl", "-b", "--no-pager", "-q", "-p", "warning", "-o", "short-monotonic")
@@ -206,6 +212,21 @@ func command(timeout time.Duration, name string, args ...string) (string, error)
 		err = fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
 	}
 	return b.String(), err
+}
+
+// commandOut runs a program and returns its standard output and standard
+// error apart.
+func commandOut(timeout time.Duration, name string, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var o, e bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if err != nil {
+		err = fmt.Errorf("%s %s: %w", name, strings.Join(args, " "), err)
+	}
+	return o.String(), e.String(), err
 }
 
 func tail(s string, n int) string {
