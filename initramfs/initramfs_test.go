@@ -306,7 +306,7 @@ func TestWriteFileAtomic(t *testing.T) {
 }
 
 // trixieModules returns the module tree of Debian trixie's kernel that
-// tools/fetch-kernel.sh caches, or skips the test when it is absent.
+// tools/fetch-kernel.sh caches; when it is absent the test ends (testutil.Unavailable).
 func trixieModules(tb testing.TB) string {
 	return testutil.CachedKernel(tb)
 }

@@ -391,7 +391,7 @@ func runDemo(t *testing.T, root string) {
 }
 
 // demoRoot returns the root tree to boot ("minimal" for the minimal root),
-// or skips.
+// or skips when TestDemo was not asked for (CFSROOT_DEMO_TEST).
 func demoRoot(t *testing.T) string {
 	t.Helper()
 	if r := os.Getenv("CFSROOT_DEMO_ROOT"); r == "minimal" {

@@ -208,7 +208,7 @@ func TestListRoundTrip(t *testing.T) {
 }
 
 // kernelTree returns Debian trixie's module tree that tools/fetch-kernel.sh
-// caches, or skips the test when it is absent.
+// caches; when it is absent the test ends (testutil.Unavailable).
 func kernelTree(t *testing.T) string {
 	return testutil.CachedKernel(t)
 }

@@ -153,7 +153,7 @@ func ovmfVars(t testing.TB, dir string, certs []string) string {
 	return out
 }
 
-// RequireOVMF skips (or fails, see Required) the test unless OVMF's
+// RequireOVMF ends the test (skip, or failure under CFSROOT_STRICT=1) unless OVMF's
 // firmware files (OVMFCode, OVMFVars) and virt-fw-vars are installed.
 func RequireOVMF(t testing.TB) {
 	t.Helper()
