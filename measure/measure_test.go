@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -556,10 +555,7 @@ func TestAlgNames(t *testing.T) {
 // a package known to use cgo, so the test cannot pass vacuously.
 func TestNoCgo(t *testing.T) {
 	root := testutil.RepoRoot(t)
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
+	goTool := testutil.GoTool()
 	deps := func(cgo string, pkgs ...string) map[string]bool {
 		cmd := exec.Command(goTool, append([]string{"list", "-deps"}, pkgs...)...)
 		cmd.Dir = root

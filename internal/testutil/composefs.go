@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,16 +64,9 @@ type missingError struct{ msg string }
 
 func (e *missingError) Error() string { return e.msg }
 
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
 func findAssets() (string, error) {
 	mv := composefsModule + "@" + composefsVersion
-	cmd := exec.Command(goTool(), "mod", "download", "-json", mv)
+	cmd := exec.Command(GoTool(), "mod", "download", "-json", mv)
 	// Outside any module, and with the proxy off: only the module cache
 	// answers, so a test never downloads.
 	cmd.Dir = os.TempDir()

@@ -12,7 +12,7 @@ import (
 // `go mod download -json` Sum, from the module's zip).
 func TestDirHash1MatchesGo(t *testing.T) {
 	ComposefsAssets(t) // ends the test when the module is not cached
-	cmd := exec.Command(goTool(), "mod", "download", "-json", composefsModule+"@"+composefsVersion)
+	cmd := exec.Command(GoTool(), "mod", "download", "-json", composefsModule+"@"+composefsVersion)
 	cmd.Dir = os.TempDir()
 	cmd.Env = append(os.Environ(), "GOPROXY=off", "GOFLAGS=-mod=mod")
 	out, err := cmd.Output()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -72,6 +73,15 @@ func RequireTool(t testing.TB, name string) string {
 		Unavailable(t, "%s not found in PATH: run make deps (tools/install-deps.sh) to install it", name)
 	}
 	return p
+}
+
+// GoTool returns the go command: the one in PATH, else the toolchain that
+// built the test.
+func GoTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
 }
 
 // Run runs a command and fails the test with its output if it fails.

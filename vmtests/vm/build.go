@@ -31,13 +31,6 @@ func run(t testing.TB, dir string, env []string, name string, args ...string) []
 	return out
 }
 
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return "/usr/local/go/bin/go"
-}
-
 // BuildStatic builds the Go main package pkg (an import path, or a path
 // relative to the repository root such as "./vmtests/internal/smokeguest")
 // as a static linux/amd64 binary, as the init must be, and returns its path.
@@ -50,7 +43,7 @@ func BuildStatic(t testing.TB, pkg string) string {
 	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
 	start := time.Now()
 	run(t, root, []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64"},
-		goTool(), "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", out, pkg)
+		testutil.GoTool(), "build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", out, pkg)
 	t.Logf("built %s in %v", pkg, time.Since(start).Round(time.Millisecond))
 	return out
 }
