@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,52 +12,17 @@ import (
 	"github.com/cfsroot/cfsroot/internal/testutil"
 )
 
-// gptDisk writes a disk image of 1 MiB with a primary GPT whose entries
-// have the given unique GUIDs (nil: unused entry), for the parser to read
-// and partx (util-linux) to check it against.
+// gptDisk is a 1 MiB disk image with a primary GPT whose entries have the
+// given unique GUIDs (zero: unused entry).
 func gptDisk(t *testing.T, sector int, guids [][16]byte, edit func(hdr []byte)) []byte {
 	t.Helper()
-	le := binary.LittleEndian
 	disk := make([]byte, 1<<20)
-	const count, esize = 128, 128
-	entries := disk[2*sector : 2*sector+count*esize]
+	var parts []testutil.GPTPartition
 	for i, g := range guids {
-		if g == ([16]byte{}) {
-			continue
-		}
-		e := entries[i*esize:]
-		copy(e, []byte("\xaf\x3d\xc6\x0f\x83\x84\x72\x47\x8e\x79\x3d\x69\xd8\x47\x7d\xe4")) // Linux filesystem
-		copy(e[16:], g[:])
 		first := uint64(64 + i*8)
-		le.PutUint64(e[32:], first)
-		le.PutUint64(e[40:], first+7)
+		parts = append(parts, testutil.GPTPartition{GUID: g, First: first, Last: first + 7})
 	}
-	lastLBA := uint64(len(disk)/sector - 1)
-	hdr := disk[sector : sector+92]
-	copy(hdr, "EFI PART")
-	le.PutUint32(hdr[8:], 0x00010000)
-	le.PutUint32(hdr[12:], 92)
-	le.PutUint64(hdr[24:], 1)
-	le.PutUint64(hdr[32:], lastLBA)
-	le.PutUint64(hdr[40:], 34)
-	le.PutUint64(hdr[48:], lastLBA-33)
-	copy(hdr[56:], []byte("0123456789abcdef"))
-	le.PutUint64(hdr[72:], 2)
-	le.PutUint32(hdr[80:], count)
-	le.PutUint32(hdr[84:], esize)
-	le.PutUint32(hdr[88:], crc32.ChecksumIEEE(entries))
-	if edit != nil {
-		edit(disk[sector : 2*sector])
-	}
-	if le.Uint32(hdr[16:]) == 0 {
-		size := min(int(le.Uint32(hdr[12:])), sector)
-		le.PutUint32(hdr[16:], crc32.ChecksumIEEE(disk[sector:sector+size]))
-	}
-	// A protective MBR, so partx reads it as GPT.
-	disk[446+4] = 0xEE
-	le.PutUint32(disk[446+8:], 1)
-	le.PutUint32(disk[446+12:], uint32(lastLBA))
-	disk[510], disk[511] = 0x55, 0xAA
+	testutil.GPTDisk(disk, int64(len(disk)), sector, parts, edit)
 	return disk
 }
 

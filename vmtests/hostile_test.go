@@ -1,6 +1,7 @@
 package vmtests
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/internal/diskfile"
+	"github.com/cfsroot/cfsroot/internal/testutil"
 	"github.com/cfsroot/cfsroot/vmtests/vm"
 )
 
@@ -120,5 +122,69 @@ func TestBootAmbiguousDisk(t *testing.T) {
 	}
 	if res.Contains("composefs root mounted") {
 		t.Error("a root was mounted from an ambiguous disk")
+	}
+}
+
+// TestBootPartUUIDHostileGPT: the repository disk selected by PARTUUID=,
+// inside a GPT partition, while another attached disk carries a GPT header
+// whose size is 0xFFFF (which panicked the GPT library PID 1 used, a
+// kernel panic). The init reads the partition UUIDs from the kernel's
+// partitions and its own bounded GPT reader, skips the hostile disk and
+// boots (issue 12, finding 5).
+func TestBootPartUUIDHostileGPT(t *testing.T) {
+	f := bootFixture(t)
+	dir := t.TempDir()
+	const sector, offset = 512, 1 << 20
+	fi, err := os.Stat(f.disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guid := [16]byte{0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10}
+	const partUUID = "04030201-0605-0807-090a-0b0c0d0e0f10"
+	// The provisioned filesystem, byte for byte, as partition 1 from 1 MiB.
+	parted := filepath.Join(dir, "parted.img")
+	if out, err := exec.Command("dd", "if="+f.disk, "of="+parted, "bs=1M", "seek=1", "conv=sparse", "status=none").CombinedOutput(); err != nil {
+		t.Fatalf("dd: %v\n%s", err, out)
+	}
+	size := int64(offset) + fi.Size() + offset
+	head := make([]byte, offset)
+	testutil.GPTDisk(head, size, sector, []testutil.GPTPartition{
+		{GUID: guid, First: offset / sector, Last: uint64(offset+fi.Size())/sector - 1},
+	}, nil)
+	writeAt(t, parted, head, 0, size)
+	// The hostile disk: a GPT header claiming to be 0xFFFF bytes long.
+	hostile := filepath.Join(dir, "hostile-gpt.img")
+	hhead := make([]byte, offset)
+	testutil.GPTDisk(hhead, offset, sector, nil, func(h []byte) { binary.LittleEndian.PutUint32(h[12:], 0xFFFF) })
+	writeAt(t, hostile, hhead, 0, offset)
+
+	hf := *f
+	hf.disk, hf.extraDisks = parted, []string{hostile}
+	cfg := `{"disk": "PARTUUID=` + strings.ToUpper(partUUID) + `", "slots": ["default"], "tpm": "optional"}`
+	res := bootCfsroot(t, &hf, cfg)
+	if res.End == vm.Panic {
+		t.Fatalf("kernel panic (log %s)", res.LogFile)
+	}
+	res.Require(t, "status", "rootinit-done")
+	for _, w := range []string{"found /dev/vda1", "PARTUUID=" + partUUID} {
+		if !res.Contains(w) {
+			t.Errorf("console lacks %q (log %s)", w, res.LogFile)
+		}
+	}
+}
+
+// writeAt writes b at off in the file p and sets its size.
+func writeAt(t *testing.T, p string, b []byte, off, size int64) {
+	t.Helper()
+	fh, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	if _, err := fh.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Truncate(size); err != nil {
+		t.Fatal(err)
 	}
 }
