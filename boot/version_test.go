@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rollback"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
@@ -76,11 +78,14 @@ func TestRunVersion(t *testing.T) {
 	const slots = `{"disk": "LABEL=cfsroot-host", "slots": ["a", "b"], "fallback": true, "tpm": "optional", "product": "appliance"`
 	v := func(n uint64) secversion.Info { return secversion.Info{Version: n, Product: "appliance"} }
 	for _, tc := range []struct {
-		name   string
-		a, b   secversion.Info
-		nv     int64 // counter value to provision; -1: none
-		noTPM  bool
-		config string
+		name  string
+		a, b  secversion.Info
+		nv    int64 // counter value to provision; -1: none
+		noTPM bool
+		// ordinary puts an ordinary NV index (writable to any value) at
+		// the counter's handle.
+		ordinary bool
+		config   string
 		// want: the booted slot and its floor, or an error
 		boot    string
 		floor   uint64
@@ -103,6 +108,8 @@ func TestRunVersion(t *testing.T) {
 			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is required", "not defined"}},
 		{name: "nv required and no TPM", a: v(3), b: v(3), noTPM: true, config: `, "rollback_nv": "required"}`,
 			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is required", "no TPM"}},
+		{name: "ordinary index refused with optional", a: v(3), b: v(3), nv: -1, ordinary: true, config: `, "rollback_nv": "optional"}`,
+			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is optional", "is not an NV counter"}},
 		{name: "nv optional and missing", a: v(1), b: v(1), nv: -1, config: `, "rollback_nv": "optional", "min_version": 1}`,
 			boot: "a", floor: 1, nvState: "missing"},
 	} {
@@ -114,6 +121,14 @@ func TestRunVersion(t *testing.T) {
 			nvValue := uint64(0)
 			if tc.nv >= 0 && !tc.noTPM {
 				nvValue = h.provisionNV(uint64(tc.nv))
+			}
+			if tc.ordinary {
+				pub := tpm2.TPMSNVPublic{NVIndex: tpm2.TPMHandle(rollback.DefaultIndex), NameAlg: tpm2.TPMAlgSHA256,
+					Attributes: tpm2.TPMANV{NT: tpm2.TPMNTOrdinary, AuthWrite: true, AuthRead: true, NoDA: true}, DataSize: 8}
+				if _, err := (tpm2.NVDefineSpace{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+					PublicInfo: tpm2.New2B(pub)}).Execute(h.tpm); err != nil {
+					t.Fatal(err)
+				}
 			}
 			da := h.addVersionedImage("a", tc.a)
 			db := h.addVersionedImage("b", tc.b)

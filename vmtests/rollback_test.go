@@ -2,8 +2,10 @@ package vmtests
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +56,8 @@ func TestBootRollback(t *testing.T) {
 		os.MkdirAll(filepath.Join(tree, d), 0o755)
 	}
 	copyFile(t, vm.BuildStatic(t, "./vmtests/internal/rootinit"), filepath.Join(tree, "sbin/init"))
+	// The booted system reads the version file through the overlay.
+	write(t, filepath.Join(tree, "etc/rootinit/read"), []byte(secversion.VersionPath+"\n"))
 	copyFile(t, vm.BuildStatic(t, "./cmd/cfsroot"), filepath.Join(tree, "usr/bin/cfsroot"))
 
 	diskTree := filepath.Join(dir, "disk")
@@ -184,6 +188,9 @@ func TestBootRollback(t *testing.T) {
 		t.Errorf("refused = %+v, want old refused at step version", st.Refused)
 	}
 	wantConsole(res, "slot old refused", "old.cfs: image security version 2 is below the floor 3")
+	if r, ok := res.Result("read:" + secversion.VersionPath); !ok || !r.OK || r.Data["sha256"] != fmt.Sprintf("%x", sha256.Sum256([]byte("3\n"))) {
+		t.Errorf("the booted system reads %s as %+v, want \"3\\n\"", secversion.VersionPath, r)
+	}
 	evs, err := measure.Events(measure.ImageInfo{Name: "new", Digest: digests["new"], Signer: cert,
 		Rollback: &measure.RollbackInfo{Version: 3, Product: "appliance", Floor: 3, NV: "read"}})
 	if err != nil {
