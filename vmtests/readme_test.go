@@ -70,7 +70,7 @@ func TestReadmeGuide(t *testing.T) {
 
 	// Run it, the console included, into a log file; kill everything it
 	// started (QEMU, swtpm) if it runs too long or the test ends early.
-	logPath := filepath.Join(logDir(t, repo), "TestReadmeGuide.log")
+	logPath := vm.ConsoleLogPath(t, "vm")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -246,17 +246,6 @@ func killIfCmdline(pid, mark string) {
 	if n, err := strconv.Atoi(pid); err == nil && n > 1 {
 		_ = syscall.Kill(n, syscall.SIGKILL)
 	}
-}
-
-func logDir(t *testing.T, repo string) string {
-	d := os.Getenv("CFSROOT_VMTEST_LOGDIR")
-	if d == "" {
-		d = filepath.Join(repo, "out", "vmtest")
-	}
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		return t.TempDir()
-	}
-	return d
 }
 
 func lastLines(s string, n int) string {

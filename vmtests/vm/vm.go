@@ -221,7 +221,7 @@ func Start(t testing.TB, o Options) *Machine {
 	}
 	args = append(args, o.QEMUArgs...)
 
-	logFile := consoleLogPath(t, dir, o.Name)
+	logFile := ConsoleLogPath(t, o.Name)
 	c, err := newConsole(logFile)
 	if err != nil {
 		t.Fatal(err)
@@ -259,17 +259,21 @@ func Start(t testing.TB, o Options) *Machine {
 // commas).
 func qemuOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
-func consoleLogPath(t testing.TB, tmp, name string) string {
+// ConsoleLogPath returns the file a VM's console log goes to: NAME.log
+// (test name, and name unless it is "vm") in CFSROOT_VMTEST_LOGDIR, else
+// out/vmtest in the repository, else a temporary directory of the test.
+// Tests that run QEMU themselves keep their log there too.
+func ConsoleLogPath(t testing.TB, name string) string {
 	dir := os.Getenv("CFSROOT_VMTEST_LOGDIR")
 	if dir == "" {
 		if root, err := RepoRoot(); err == nil {
 			dir = filepath.Join(root, "out", "vmtest")
 		} else {
-			dir = tmp
+			dir = t.TempDir()
 		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		dir = tmp
+		dir = t.TempDir()
 	}
 	base := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
 	if name != "vm" {
