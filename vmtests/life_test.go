@@ -97,9 +97,10 @@ func lifeTree(t *testing.T, dir string, v int, guestBin, cert string) string {
 // off at once and is never blessed, which the init stops booting after its
 // tries; gc of the objects only the first image used.
 //
-// CFSROOT_LIFE_POWERCUTS=N cuts the power N times (default 2); "all" cuts
-// it at the 1st, 2nd, 3rd... point where the update changes the disk, one
-// cut per boot, until a run completes (about 22 boots).
+// CFSROOT_LIFE_POWERCUTS=N cuts the power N times (default 2) at the first
+// N points where a clean update changes the disk, one cut per boot; "all"
+// cuts it at each of the 22 points (each new object stored, objects synced,
+// signature, image, state commit).
 func TestLife(t *testing.T) {
 	k := vm.RequireKernel(t)
 	vm.RequireTools(t, "mkfs.ext4")
@@ -233,14 +234,21 @@ func TestLife(t *testing.T) {
 		}
 	}
 	update2 := "lifeguest.do=update:img2:a,b:2"
+	// The points where a clean update changes the disk, in order: each new
+	// object (by path), then the fixed points of repo.Install.
+	var canonical []string
+	for _, o := range objectsOnlyIn(t, filepath.Join(srcTree, "img2.cfs"), filepath.Join(srcTree, "img1.cfs")) {
+		canonical = append(canonical, "object:"+o)
+	}
+	canonical = append(canonical, "objects-synced", "sig-written", "image-written", "committed")
 	var points []string
 	for i := 0; ; i++ {
 		args := []string{update2}
-		if i < cuts {
-			// The i-th boot cuts at the (i+1)-th change its run makes:
-			// work lost in a cut is redone, so later boots reach later
-			// points, until a run completes.
-			args = append(args, fmt.Sprintf("lifeguest.crash=%d", i+1))
+		if i < cuts && i < len(canonical) {
+			// Boot i cuts at the i-th point of a clean update, or the
+			// first later one its run reaches (work that a cut lost
+			// is redone first): successive boots sweep the update.
+			args = append(args, "lifeguest.crash="+canonical[i])
 		}
 		res, st := bootOnce(fmt.Sprintf("update2-%d", i), args...)
 		if i == 0 {
@@ -259,7 +267,7 @@ func TestLife(t *testing.T) {
 		}
 		checkRepo(res, 0, st)
 		if c, ok := res.Result("crash"); ok {
-			points = append(points, c.Data["n"]+":"+c.Data["point"])
+			points = append(points, c.Data["point"])
 			if c.Data["point"] == "committed" {
 				break // the next boot is the trial
 			}
@@ -280,6 +288,9 @@ func TestLife(t *testing.T) {
 	t.Logf("power cut at %d points: %v", len(points), points)
 	if cuts >= 1000 && len(points) < 20 {
 		t.Errorf("only %d power-cut points; want at least 20", len(points))
+	}
+	if cuts >= len(canonical) && !slices.Equal(points, canonical) {
+		t.Errorf("power cut at %v, want every point of a clean update %v", points, canonical)
 	}
 
 	// The trial boot of image 2: bless it, then update to image 3.
@@ -309,7 +320,8 @@ func TestLife(t *testing.T) {
 	}
 	g := res.Require(t, "gc")["gc"]
 	removed := strings.Fields(g.Data["removed"])
-	want := onlyInFirst(t, srcTree)
+	img := func(n int) string { return filepath.Join(srcTree, fmt.Sprintf("img%d.cfs", n)) }
+	want := objectsOnlyIn(t, img(1), img(2), img(3))
 	if !slices.Equal(removed, want) {
 		t.Errorf("gc removed %v; composefs-info says only image 1 used %v", removed, want)
 	}
@@ -334,16 +346,19 @@ func objectOf(t *testing.T, content []byte) string {
 	return composefs.ObjectPath(d.Sum)
 }
 
-// onlyInFirst lists the objects img1 references and img2 and img3 do not,
-// as the reference composefs-info lists them.
-func onlyInFirst(t *testing.T, dir string) []string {
+// objectsOnlyIn lists the objects image a references and none of others
+// does, sorted, as the reference composefs-info lists them.
+func objectsOnlyIn(t *testing.T, a string, others ...string) []string {
 	info := testutil.ComposefsTool(t, "composefs-info")
-	list := func(n int) []string {
-		return strings.Fields(string(testutil.Run(t, info, "objects", filepath.Join(dir, fmt.Sprintf("img%d.cfs", n)))))
+	list := func(p string) []string {
+		return strings.Fields(string(testutil.Run(t, info, "objects", p)))
 	}
-	later := append(list(2), list(3)...)
+	var later []string
+	for _, o := range others {
+		later = append(later, list(o)...)
+	}
 	var only []string
-	for _, o := range list(1) {
+	for _, o := range list(a) {
 		if !slices.Contains(later, o) {
 			only = append(only, o)
 		}

@@ -5,8 +5,9 @@
 // ignored by cfsroot's init):
 //
 //	lifeguest.do=ACTION+ACTION...   update:IMAGE:SLOTS:TRIES, bless, gc
-//	lifeguest.crash=K               cut the power (no sync) at the K-th
-//	                                point where an update changed the disk
+//	lifeguest.crash=POINT           cut the power (no sync) at the first
+//	                                point where the update changed the disk
+//	                                that is POINT or later (rank)
 //
 // The update source (images, objects, certificate) is the second disk,
 // /dev/vdb. The repository's disk, /dev/vda, is mounted at RepoMount the
@@ -70,13 +71,13 @@ func main() {
 
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	var actions []string
-	crashAt := 0
+	crashAt := ""
 	for _, arg := range strings.Fields(string(cmdline)) {
 		if v, ok := strings.CutPrefix(arg, "lifeguest.do="); ok {
 			actions = strings.Split(v, "+")
 		}
 		if v, ok := strings.CutPrefix(arg, "lifeguest.crash="); ok {
-			crashAt, _ = strconv.Atoi(v)
+			crashAt = v
 		}
 	}
 	if err := mountRepo(); err != nil {
@@ -239,7 +240,22 @@ func sectorsWritten() int64 {
 	return n
 }
 
-func act(a string, crashAt int) {
+// rank orders the points repo.Install reports: the objects by path (the
+// order it stores them in), then the fixed points.
+func rank(point string) string {
+	point = strings.ReplaceAll(point, " ", ":")
+	if o, ok := strings.CutPrefix(point, "object:"); ok {
+		return "0 " + o
+	}
+	for i, p := range []string{"objects-synced", "sig-written", "policy-written", "image-written", "committed"} {
+		if point == p {
+			return fmt.Sprintf("%d", i+1)
+		}
+	}
+	return "9 " + point
+}
+
+func act(a string, crashAt string) {
 	parts := strings.Split(a, ":")
 	switch parts[0] {
 	case "update":
@@ -281,7 +297,7 @@ func bootedSlot() string {
 	return st.Image
 }
 
-func update(image string, slots []string, triesArg string, crashAt int) {
+func update(image string, slots []string, triesArg string, crashAt string) {
 	tries, _ := strconv.Atoi(triesArg)
 	os.MkdirAll(srcMount, 0o755)
 	if err := unix.Mount("/dev/vdb", srcMount, "ext4", unix.MS_RDONLY, ""); err != nil && !errors.Is(err, unix.EBUSY) {
@@ -312,8 +328,8 @@ func update(image string, slots []string, triesArg string, crashAt int) {
 	step := func(point string) {
 		points++
 		last = point
-		if points == crashAt {
-			guest.Check(out, "crash", map[string]string{"point": point, "n": fmt.Sprint(points)}, nil)
+		if crashAt != "" && rank(point) >= rank(crashAt) {
+			guest.Check(out, "crash", map[string]string{"point": strings.ReplaceAll(point, " ", ":"), "n": fmt.Sprint(points)}, nil)
 			// No sync: what the kernel has not written yet is lost.
 			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		}
