@@ -315,7 +315,9 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			return added, newDirs, fmt.Errorf("object %s: %w", o.path, err)
 		}
 		st, err := in.Stat()
-		if err == nil && uint64(st.Size()) != o.size {
+		if err == nil && !st.Mode().IsRegular() {
+			err = fmt.Errorf("%s is not a regular file (%v)", src, st.Mode().Type())
+		} else if err == nil && uint64(st.Size()) != o.size {
 			err = fmt.Errorf("%d bytes in %s, the image expects %d", st.Size(), opts.Store, o.size)
 		}
 		var tmp *os.File

@@ -357,6 +357,13 @@ func TestInstallRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	objs, _ := readImageObjects(data2)
+	// A store in which one new object cannot be read (a directory where
+	// the file should be: EISDIR on read, even for root).
+	unreadable := t.TempDir()
+	copyTree(t, srcStore, unreadable)
+	unreadableObj := filepath.Join(unreadable, composefs.ObjectPath(newObj.Sum))
+	os.Remove(unreadableObj)
+	os.MkdirAll(filepath.Join(unreadableObj, "sub"), 0o755)
 	// A store whose object has other content of the same size.
 	swapped := t.TempDir()
 	copyTree(t, srcStore, swapped)
@@ -391,6 +398,7 @@ func TestInstallRefuses(t *testing.T) {
 		{"truncated image signed", InstallOptions{Image: truncated, Sig: put("t.sig", signFile(t, s, truncated))}, "not a usable composefs image"},
 		{"not an image", InstallOptions{Image: junk, Sig: put("j.sig", signFile(t, s, junk))}, "not a usable composefs image"},
 		{"missing object", InstallOptions{Image: b2.image, Sig: b2.sig, Store: holey}, "no such file"},
+		{"unreadable object", InstallOptions{Image: b2.image, Sig: b2.sig, Store: unreadable}, "not a regular file"},
 		{"swapped object", InstallOptions{Image: b2.image, Sig: b2.sig, Store: swapped}, swappedObj},
 		{"booted slot", InstallOptions{Slot: "b", Image: b2.image, Sig: b2.sig, Protect: []string{"b"}}, "booted"},
 		{"known-good slot", InstallOptions{Slot: "a", Image: b2.image, Sig: b2.sig}, "known-good"},
