@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -15,15 +16,17 @@ import (
 
 func init() {
 	register(&command{
-		name: "tpm",
-		args: "provision|floor [--device DEV] [--index 0xHANDLE]",
-		summary: "anti-rollback floor in the TPM: provision defines the NV counter the init reads (rollback_nv), floor prints it\n\n" +
-			"Run on the target machine as root. provision defines an NV counter at the index (default " + fmt.Sprintf("%#08x", rollback.DefaultIndex) + ")\n" +
-			"under the owner hierarchy (empty owner authorization) and increments it once; on a fresh TPM the floor is\n" +
-			"then 1. It does nothing to a counter that is already there. Nothing can lower the counter afterwards.",
-		run: runTPM,
+		name:    "tpm",
+		args:    "provision|floor [--device DEV] [--index 0xHANDLE]",
+		summary: "anti-rollback floor in the TPM: provision defines the NV counter the init reads (rollback_nv), floor prints it",
+		run:     runTPM,
 	})
 }
+
+var tpmHelp = `Run on the target machine as root. provision defines an NV counter (TPM_NT_COUNTER) at the
+index under the owner hierarchy (empty owner authorization) and increments it once; on a fresh TPM
+the floor is then 1 (more if the TPM ever had counters). It changes nothing when a counter is
+already there. Nothing can lower the counter afterwards; cfsroot bless raises it.`
 
 // openTPM opens the TPM the tpm and bless commands use (tests replace it
 // with the simulator).
@@ -42,22 +45,30 @@ func parseNVIndex(s string) (uint32, error) {
 
 func runTPM(args []string, stdout, stderr io.Writer) error {
 	c := commands["tpm"]
+	flags := func(w io.Writer) (fs *flag.FlagSet, dev, index *string) {
+		fs = newFlagSet(c, w)
+		usage := fs.Usage
+		fs.Usage = func() { usage(); fmt.Fprintf(w, "\n%s\n", tpmHelp) }
+		dev = fs.String("device", "", "TPM device (default /dev/tpmrm0, then /dev/tpm0)")
+		index = fs.String("index", fmt.Sprintf("%#08x", rollback.DefaultIndex), "NV index of the counter (the config's rollback_nv_index)")
+		return fs, dev, index
+	}
 	if len(args) == 0 {
-		newFlagSet(c, stderr).Usage()
+		fs, _, _ := flags(stderr)
+		fs.Usage()
 		return usagef("tpm: want a subcommand: provision or floor")
 	}
 	sub := args[0]
 	switch sub {
 	case "provision", "floor":
 	case "-h", "--help", "help":
-		newFlagSet(c, stdout).Usage()
+		fs, _, _ := flags(stdout)
+		fs.Usage()
 		return nil
 	default:
 		return usagef("tpm: unknown subcommand %q (want provision or floor)", sub)
 	}
-	fs := newFlagSet(c, stderr)
-	dev := fs.String("device", "", "TPM device (default /dev/tpmrm0, then /dev/tpm0)")
-	index := fs.String("index", fmt.Sprintf("%#08x", rollback.DefaultIndex), "NV index of the counter (the config's rollback_nv_index)")
+	fs, dev, index := flags(stderr)
 	pos, err := parseArgs(fs, args[1:])
 	if err != nil {
 		return err
