@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/hex"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/cfsroot/cfsroot/internal/diskfile"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rollback"
+	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
 	"github.com/cfsroot/cfsroot/rootfs/ipe"
 	"github.com/cfsroot/cfsroot/rootfs/mount"
 	"github.com/cfsroot/cfsroot/rootfs/secversion"
@@ -66,19 +69,20 @@ type SlotRefusal struct {
 // TPMStatus records the measurements.
 type TPMStatus struct {
 	Measured bool              `json:"measured"`
-	Error    string            `json:"error,omitempty"` // why not, when optional
+	Error    string            `json:"error,omitempty"`  // why not, when optional
+	Capped   bool              `json:"capped,omitempty"` // a half-way failure was capped with cfsroot-failure:measure
 	PCR      int               `json:"pcr"`
 	Banks    map[string]string `json:"banks,omitempty"` // PCR value per bank after measuring
 	Events   []string          `json:"events,omitempty"`
 }
 
-// IPEStatus records the IPE policy.
+// IPEStatus records the IPE policy as the kernel has it.
 type IPEStatus struct {
 	Policy   string `json:"policy"`
 	Version  string `json:"version,omitempty"`
-	SHA256   string `json:"sha256"`
-	Active   bool   `json:"active"`
-	Enforced bool   `json:"enforced"`
+	SHA256   string `json:"sha256"`          // of the policy file
+	Active   bool   `json:"active"`          // read back from policies/NAME/active
+	Enforced bool   `json:"enforced"`        // read back from IPE's enforce file
 	Error    string `json:"error,omitempty"` // set when the load failed and the config allowed going on
 }
 
@@ -124,7 +128,7 @@ func (e *StepError) Unwrap() error { return e.Err }
 // Boot runs the steps up to (not including) switch_root and leaves the new
 // root mounted at NewRoot.
 type Boot struct {
-	Config *Config
+	Config *Config // nil only when the config could not be loaded (Fail)
 	Choice Choice
 	Log    *Logger
 	// Env is the machine the boot runs on (SystemEnv() when nil).
@@ -134,22 +138,32 @@ type Boot struct {
 	// trial and good are the slot state's trial (when this boot is one of
 	// its attempts) and known-good slot.
 	trial, good string
-	floor       *rollback.Floor // read at the first version check
+	floor       *rollback.Floor   // read at the first version check
+	tpm         *measure.Measurer // open from the measure step to the end of Run
+	tpmOff      bool              // tpm optional and not usable: measure nothing more
+	failed      bool              // Fail ran
+	capErr      error             // what Fail returned
 }
 
-// step runs f as the named step, timing it.
-func (b *Boot) step(name string, f func() error) error {
+// step runs f as the named step, timing it. A panic in f (a bug, or a
+// library tripped by hostile input) becomes the step's error, so it goes
+// through the failure cap and on_failure like any other failure instead of
+// killing PID 1.
+func (b *Boot) step(name string, f func() error) (err error) {
 	start := time.Now()
-	err := f()
-	b.status.Steps = append(b.status.Steps, StepTime{Step: name, MS: time.Since(start).Milliseconds()})
-	if err != nil {
-		var se *StepError
-		if !errors.As(err, &se) {
-			err = &StepError{Step: name, Err: err}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &StepError{Step: name, Err: fmt.Errorf("panic: %v", r)}
 		}
-		return err
-	}
-	return nil
+		b.status.Steps = append(b.status.Steps, StepTime{Step: name, MS: time.Since(start).Milliseconds()})
+		if err != nil {
+			var se *StepError
+			if !errors.As(err, &se) {
+				err = &StepError{Step: name, Err: err}
+			}
+		}
+	}()
+	return f()
 }
 
 // image is a verified image, ready to mount.
@@ -162,14 +176,36 @@ type image struct {
 	signer *x509.Certificate // nil when a pinned digest accepted the image
 	// version is what the image says about itself (step version).
 	version secversion.Info
+	top     map[string]uint32 // the image's top-level entries: name → st_mode
+	links   map[string]bool   // top-level entries that are symlinks
 }
 
-// Run finds, verifies, measures and mounts the image, loads the IPE policy
-// and writes the status file. On success the new root is at NewRoot.
-func (b *Boot) Run(ctx context.Context) (*Status, error) {
+// upper is a persistent upper layer's disk, found and mounted.
+type upper struct {
+	dir    string // DIR/upper on the mounted disk, under Env.Root
+	fsUUID string
+}
+
+// Run finds, verifies, measures and mounts the image, loads the IPE policy,
+// extends the separator and writes the status file. On success the new root
+// is at NewRoot. On failure it has already capped the PCR (see Fail).
+func (b *Boot) Run(ctx context.Context) (st *Status, err error) {
 	if b.Env == nil {
 		b.Env = SystemEnv()
 	}
+	defer func() {
+		if r := recover(); r != nil { // outside any step: still no panic for PID 1
+			st, err = nil, &StepError{Step: "boot", Err: fmt.Errorf("panic: %v", r)}
+		}
+		if err != nil {
+			b.Fail(ctx, err)
+		}
+		b.closeTPM()
+	}()
+	return b.run(ctx)
+}
+
+func (b *Boot) run(ctx context.Context) (*Status, error) {
 	cfg := b.Config
 	b.status.Init = cfg.Init
 	b.status.Upper = cfg.Upper
@@ -251,6 +287,16 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 	b.bootedAs(img.name)
 	b.Log.Infof("verify", "image %s verified: %s (%s, digest from %s)", img.name, img.digest, b.status.VerifiedBy, img.source)
 
+	var up *upper
+	if cfg.persistentUpper() {
+		if err := b.step("upper", func() (err error) { up, err = b.mountUpper(ctx); return err }); err != nil {
+			return nil, err
+		}
+		if err := b.step("upper-check", func() error { return b.checkUpper(img, up) }); err != nil {
+			return nil, err
+		}
+	}
+
 	var policy []byte
 	if cfg.IPEPolicy != "" {
 		if err := b.step("ipe-read", func() error {
@@ -262,19 +308,22 @@ func (b *Boot) Run(ctx context.Context) (*Status, error) {
 		}
 	}
 
-	if err := b.step("measure", func() error { return b.measure(ctx, img, policy, fvSigners) }); err != nil {
+	if err := b.step("measure", func() error { return b.measureImage(ctx, img, up, fvSigners) }); err != nil {
 		return nil, err
 	}
-	if err := b.step("mount", func() error { return b.mountRoot(img) }); err != nil {
+	if err := b.step("mount", func() error { return b.mountRoot(img, up) }); err != nil {
 		return nil, err
 	}
 	b.detach()
 	if policy != nil {
-		if err := b.step("ipe", func() error { return b.loadPolicy(policy) }); err != nil {
+		if err := b.step("ipe", func() error { return b.loadPolicy(ctx, policy) }); err != nil {
 			return nil, err
 		}
 	}
-	if err := b.step("init-check", func() error { return CheckInit(b.Env.path(NewRoot), cfg.Init) }); err != nil {
+	if err := b.step("init-check", func() error { return b.checkInit(up) }); err != nil {
+		return nil, err
+	}
+	if err := b.step("seal", func() error { return b.seal(ctx) }); err != nil {
 		return nil, err
 	}
 	if err := b.writeStatus(); err != nil {
@@ -309,6 +358,9 @@ func (b *Boot) trustFsveritySigners() ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// persistentUpper says the upper layer is kept on a disk (DISK:DIR).
+func (c *Config) persistentUpper() bool { return c.Upper != "none" && c.Upper != "tmpfs" }
+
 func (b *Boot) mountDisk(ctx context.Context, selector string) error {
 	sel, err := ParseDiskSelector(selector)
 	if err != nil {
@@ -332,9 +384,9 @@ func (b *Boot) repoPath(parts ...string) string {
 	return filepath.Join(append([]string{b.Env.path(DiskDir), b.Config.Repository}, parts...)...)
 }
 
-// verifySlot opens NAME.cfs, gets its digest and checks it. first says the
-// slot is the command line's or config's first choice (cfsroot.digest
-// applies to it only).
+// verifySlot opens NAME.cfs, gets its digest, checks it and reads the
+// image's structure. first says the slot is the command line's or config's
+// first choice (cfsroot.digest applies to it only).
 func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) (*image, error) {
 	step := "verify:" + name
 	path := b.repoPath("images", name+".cfs")
@@ -344,7 +396,10 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 	}
 	img := &image{name: name, path: path, file: f, source: "kernel"}
 	fail := func(file string, err error) (*image, error) {
-		f.Close()
+		img.file.Close()
+		if img.source == "ram-copy" {
+			os.Remove(img.path) // the next slot may need the memory
+		}
 		return nil, &StepError{Step: step, File: file, Err: err}
 	}
 	img.digest, err = b.Env.Digest(f)
@@ -390,24 +445,72 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 		b.status.SignerSHA256 = signature.Fingerprint(cert)
 		img.signer = cert
 	}
+	// A signed image can still be damaged (a truncated copy signed by a
+	// broken pipeline): the kernel would mount it and fail at the first
+	// read. Check its whole structure now, while the error can name it.
+	if err := img.readStructure(); err != nil {
+		return fail(img.path, fmt.Errorf("image %s is damaged: %w", name, err))
+	}
 	b.status.Image = name
 	b.status.Digest = img.digest.String()
 	b.status.DigestSource = img.source
 	return img, nil
 }
 
+// readStructure checks the image's header, EROFS superblock (including
+// that the file is as long as the superblock says), root inode and
+// top-level directory, as the kernel's EROFS will read them, and records
+// the top-level entries. It reads only those inodes: a full walk costs
+// about 0.5 s per 100,000 entries, which the kernel will spend anyway on
+// what is used.
+func (img *image) readStructure() error {
+	st, err := img.file.Stat()
+	if err != nil {
+		return err
+	}
+	r, err := reader.New(img.file, st.Size())
+	if err != nil {
+		return err
+	}
+	ents, err := r.ReadDir("/")
+	if err != nil {
+		return fmt.Errorf("root directory: %w", err)
+	}
+	img.top, img.links = map[string]uint32{}, map[string]bool{}
+	for _, e := range ents {
+		name := e.Path[1:]
+		img.top[name] = e.Mode
+		img.links[name] = e.Mode&unix.S_IFMT == unix.S_IFLNK
+	}
+	return nil
+}
+
 // copyToRAM copies an image from a filesystem without fs-verity into /run
 // and digests the copy, which is what gets mounted: the disk cannot change
-// it behind our back.
+// it behind our back. Copies larger than ram_copy_max_mib are refused.
 func (b *Boot) copyToRAM(img *image) error {
+	limit := int64(b.Config.RAMCopyMaxMiB) << 20
+	if st, err := img.file.Stat(); err != nil {
+		return fmt.Errorf("copy image to RAM: %w", err)
+	} else if !st.Mode().IsRegular() {
+		return fmt.Errorf("copy image to RAM: not a regular file")
+	} else if st.Size() > limit {
+		return fmt.Errorf("copy image to RAM: image is %d bytes, more than ram_copy_max_mib (%d MiB)", st.Size(), b.Config.RAMCopyMaxMiB)
+	}
 	dst := filepath.Join(b.Env.path(RunDir), img.name+".cfs")
 	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o400)
 	if err != nil {
 		return fmt.Errorf("copy image to RAM: %w", err)
 	}
 	tree, _ := verity.NewTree(verity.Params{})
-	if _, err := io.Copy(io.MultiWriter(out, tree), img.file); err != nil {
+	// Copy one byte more than allowed, to tell a file that grew.
+	n, err := io.Copy(io.MultiWriter(out, tree), io.LimitReader(img.file, limit+1))
+	if err == nil && n > limit {
+		err = fmt.Errorf("image is more than ram_copy_max_mib (%d MiB)", b.Config.RAMCopyMaxMiB)
+	}
+	if err != nil {
 		out.Close()
+		os.Remove(dst)
 		return fmt.Errorf("copy image to RAM: %w", err)
 	}
 	img.file.Close()
@@ -430,41 +533,97 @@ func (b *Boot) readPolicy(imageName string) ([]byte, error) {
 	return policy, nil
 }
 
-func (b *Boot) measure(ctx context.Context, img *image, policy []byte, fvSigners []*x509.Certificate) error {
-	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Signer: img.signer, Pinned: img.signer == nil, Policy: policy, FsveritySigners: fvSigners}
+// measureImage opens the TPM and extends the image's events (image,
+// signer, version and floor, object signers, upper layer).
+func (b *Boot) measureImage(ctx context.Context, img *image, up *upper, fvSigners []*x509.Certificate) error {
+	info := measure.ImageInfo{Name: img.name, Digest: img.digest, Signer: img.signer, Pinned: img.signer == nil, FsveritySigners: fvSigners}
 	if b.Config.RollbackMeasured() && b.floor != nil {
 		info.Rollback = &measure.RollbackInfo{Version: img.version.Version, Product: img.version.Product, Floor: b.floor.Value(), NV: b.floor.NVState}
 	}
-	events, err := measure.Events(info)
+	if up != nil {
+		info.Upper = &measure.Upper{Spec: b.Config.Upper, FSUUID: up.fsUUID}
+	}
+	events, err := measure.ImageEvents(info)
 	if err != nil {
 		return err
 	}
 	m, err := b.Env.OpenTPM(ctx)
-	if err == nil {
-		defer m.Close()
-		m.PCR = *b.Config.PCR
-		m.LogPath = b.Env.path(measure.DefaultLogPath)
-		err = m.ExtendAll(ctx, events)
-	}
 	if err != nil {
-		if b.Config.TPM == "optional" {
-			b.Log.Errorf("measure", "not measured (tpm is optional): %v", err)
-			b.status.TPM.Error = err.Error()
-			return nil
-		}
-		return fmt.Errorf(`tpm is required (a config with "tpm": "optional" boots unmeasured without one): %w`, err)
+		return b.tpmFailed(ctx, err)
 	}
-	b.status.TPM.Measured = true
+	m.PCR = *b.Config.PCR
+	m.LogPath = b.Env.path(measure.DefaultLogPath)
+	b.tpm = m
+	return b.extend(ctx, events...)
+}
+
+// extend measures events in order, unless the TPM is optional and failed.
+func (b *Boot) extend(ctx context.Context, events ...measure.Event) error {
+	if b.tpm == nil || b.tpmOff {
+		return nil
+	}
 	for _, e := range events {
+		err := b.tpm.Extend(ctx, e)
+		var le *measure.LogError
+		if errors.As(err, &le) {
+			// The PCR has the event; only the log lacks it.
+			b.Log.Errorf("measure", "%v", err)
+			err = nil
+		}
+		if err != nil {
+			return b.tpmFailed(ctx, err)
+		}
 		b.status.TPM.Events = append(b.status.TPM.Events, e.Data)
 	}
-	if vals, err := m.Read(ctx, *b.Config.PCR); err == nil {
+	return nil
+}
+
+// tpmFailed handles a TPM that is missing or failed. With tpm required it
+// is the step's error. With tpm optional the boot goes on unmeasured; if
+// the TPM failed half-way, the PCR is first capped with a failure event,
+// so that the booted system cannot complete it to a good boot's value.
+func (b *Boot) tpmFailed(ctx context.Context, err error) error {
+	if b.Config.TPM != "optional" {
+		return fmt.Errorf(`tpm is required (a config with "tpm": "optional" boots unmeasured without one): %w`, err)
+	}
+	b.tpmOff = true
+	b.status.TPM.Error = err.Error()
+	if b.tpm != nil {
+		if cerr := b.tpm.Extend(ctx, measure.FailureEvent("measure")); cerr == nil || errors.As(cerr, new(*measure.LogError)) {
+			b.status.TPM.Capped = true
+		} else {
+			b.status.TPM.Error += "; capping the PCR failed too: " + cerr.Error()
+		}
+		b.closeTPM()
+	}
+	b.Log.Errorf("measure", "not measured (tpm is optional): %s", b.status.TPM.Error)
+	return nil
+}
+
+func (b *Boot) closeTPM() {
+	if b.tpm != nil {
+		b.tpm.Close()
+		b.tpm = nil
+	}
+}
+
+// seal extends the separator: every check passed. It is the last
+// measurement; a PCR holding it means the boot got this far.
+func (b *Boot) seal(ctx context.Context) error {
+	if b.tpm == nil || b.tpmOff {
+		return nil
+	}
+	if err := b.extend(ctx, measure.Separator()); err != nil || b.tpmOff {
+		return err
+	}
+	b.status.TPM.Measured = true
+	if vals, err := b.tpm.Read(ctx, *b.Config.PCR); err == nil {
 		b.status.TPM.Banks = map[string]string{}
 		for alg, v := range vals {
 			b.status.TPM.Banks[alg.String()] = hex.EncodeToString(v)
 		}
 	}
-	b.Log.Infof("measure", "extended PCR %d with %d events", *b.Config.PCR, len(events))
+	b.Log.Infof("measure", "extended PCR %d with %d events", *b.Config.PCR, len(b.status.TPM.Events))
 	return nil
 }
 
@@ -541,7 +700,126 @@ func (b *Boot) readFloor(ctx context.Context) (rollback.Floor, error) {
 	return f, fmt.Errorf("rollback_nv is %s: %w", cfg.RollbackNV, err)
 }
 
-func (b *Boot) mountRoot(img *image) error {
+// Fail caps the PCR after a failed boot, before the config's on_failure
+// action runs: it extends cfsroot-failure:STEP (STEP from failed's
+// StepError), so PCR values never equal a good boot's, nor the reset value
+// a shell could extend to a good boot's. Run calls it on its own failures;
+// the init calls it for failures outside Run (config, command line,
+// modules, switch_root), with a Boot whose Config may be nil. It runs
+// once; later calls return the first result. A non-nil result means the
+// PCR could not be capped, and on_failure must not start a shell.
+func (b *Boot) Fail(ctx context.Context, failed error) (err error) {
+	if b.failed {
+		return b.capErr
+	}
+	b.failed = true
+	if b.Env == nil {
+		b.Env = SystemEnv()
+	}
+	step := "unknown"
+	var se *StepError
+	if errors.As(failed, &se) {
+		step = se.Step
+	}
+	pcr := DefaultPCR
+	if b.Config != nil && b.Config.PCR != nil {
+		pcr = *b.Config.PCR
+	}
+	ev := measure.FailureEvent(step)
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+		if err != nil {
+			err = fmt.Errorf("PCR %d not capped with %s: %w", pcr, ev.Data, err)
+			b.Log.Errorf("failed", "%v", err)
+		} else {
+			b.Log.Errorf("failed", "PCR %d capped with %s", pcr, ev.Data)
+		}
+		b.capErr = err
+	}()
+	m := b.tpm
+	if m == nil {
+		if m, err = b.Env.OpenTPM(ctx); err != nil {
+			return err
+		}
+		defer m.Close()
+		m.PCR = pcr
+		m.LogPath = b.Env.path(measure.DefaultLogPath)
+	}
+	err = m.Extend(ctx, ev)
+	var le *measure.LogError
+	if errors.As(err, &le) {
+		b.Log.Errorf("failed", "%v", err)
+		err = nil
+	}
+	return err
+}
+
+// mountUpper finds and mounts a persistent upper layer's disk.
+func (b *Boot) mountUpper(ctx context.Context) (*upper, error) {
+	disk, dir, _ := strings.Cut(b.Config.Upper, ":")
+	sel, err := ParseDiskSelector(disk)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := b.Env.FindDisk(ctx, sel, time.Duration(b.Config.DiskTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("upper layer: %w", err)
+	}
+	upperDir := b.Env.path(UpperDir)
+	if err := os.MkdirAll(upperDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := b.Env.Mounter.Mount(dev.Path, upperDir, b.Config.DiskFSType, unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+		return nil, &StepError{Step: "upper", File: dev.Path, Err: fmt.Errorf("upper layer: mount %s: %w", dev.Path, err)}
+	}
+	b.Log.Infof("upper", "persistent upper layer on %s", dev)
+	return &upper{dir: filepath.Join(upperDir, dir), fsUUID: dev.UUID}, nil
+}
+
+// checkUpper refuses a persistent upper layer that would replace what must
+// come from the verified image: anything at /usr (mounted read-only from
+// the image), an entry where the image has a top-level symlink (/bin,
+// /sbin, /lib... into /usr), the configured init itself, or a non-directory
+// on the init's path (a symlink sending it elsewhere).
+func (b *Boot) checkUpper(img *image, up *upper) error {
+	layer := filepath.Join(up.dir, "upper")
+	entries, err := os.ReadDir(layer)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return &StepError{Step: "upper-check", File: layer, Err: err}
+	}
+	for _, e := range entries {
+		name := e.Name()
+		switch {
+		case name == "usr":
+			return &StepError{Step: "upper-check", File: filepath.Join(layer, name),
+				Err: errors.New("the persistent upper layer holds /usr, which must come from the verified image; remove it")}
+		case img.links[name]:
+			return &StepError{Step: "upper-check", File: filepath.Join(layer, name),
+				Err: fmt.Errorf("the persistent upper layer holds /%s, a symlink in the verified image; remove it", name)}
+		}
+	}
+	init := strings.TrimPrefix(path.Clean(b.Config.Init), "/")
+	parts := strings.Split(init, "/")
+	for i := range parts {
+		p := filepath.Join(layer, filepath.Join(parts[:i+1]...))
+		st, err := os.Lstat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return &StepError{Step: "upper-check", File: p, Err: err}
+		}
+		if i == len(parts)-1 || !st.IsDir() {
+			return &StepError{Step: "upper-check", File: p,
+				Err: fmt.Errorf("the persistent upper layer holds /%s on the path of the init %s, which must come from the verified image; remove it", filepath.Join(parts[:i+1]...), b.Config.Init)}
+		}
+	}
+	return nil
+}
+
+func (b *Boot) mountRoot(img *image, up *upper) error {
 	imageDir, newRoot, upperDir := b.Env.path(ImageDir), b.Env.path(NewRoot), b.Env.path(UpperDir)
 	for _, d := range []string{imageDir, newRoot} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -567,9 +845,9 @@ func (b *Boot) mountRoot(img *image) error {
 		}
 	}
 	ov := mount.Overlay{Metadata: imageDir, Objects: objects}
-	switch b.Config.Upper {
-	case "none":
-	case "tmpfs":
+	switch {
+	case b.Config.Upper == "none":
+	case b.Config.Upper == "tmpfs":
 		if err := os.MkdirAll(upperDir, 0o755); err != nil {
 			return err
 		}
@@ -578,19 +856,7 @@ func (b *Boot) mountRoot(img *image) error {
 		}
 		ov.Upper, ov.Work = upperDir+"/upper", upperDir+"/work"
 	default:
-		disk, dir, _ := strings.Cut(b.Config.Upper, ":")
-		sel, _ := ParseDiskSelector(disk)
-		dev, err := b.Env.FindDisk(context.Background(), sel, time.Duration(b.Config.DiskTimeout))
-		if err != nil {
-			return fmt.Errorf("upper layer: %w", err)
-		}
-		if err := os.MkdirAll(upperDir, 0o755); err != nil {
-			return err
-		}
-		if err := b.Env.Mounter.Mount(dev.Path, upperDir, b.Config.DiskFSType, unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
-			return fmt.Errorf("upper layer: mount %s: %w", dev.Path, err)
-		}
-		ov.Upper, ov.Work = filepath.Join(upperDir, dir, "upper"), filepath.Join(upperDir, dir, "work")
+		ov.Upper, ov.Work = filepath.Join(up.dir, "upper"), filepath.Join(up.dir, "work")
 	}
 	for _, d := range []string{ov.Upper, ov.Work} {
 		if d != "" {
@@ -602,26 +868,94 @@ func (b *Boot) mountRoot(img *image) error {
 	if err := b.Env.Mounter.Overlay(ov, newRoot); err != nil {
 		return &StepError{Step: "mount", File: objects, Err: err}
 	}
+	if up != nil && img.top["usr"]&unix.S_IFMT == unix.S_IFDIR {
+		// The upper layer holds no /usr (checkUpper), so /usr is the
+		// image's: keep it so, read-only, as ostree does.
+		usr := filepath.Join(newRoot, "usr")
+		if err := b.Env.Mounter.Mount(usr, usr, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return &StepError{Step: "mount", File: usr, Err: fmt.Errorf("bind /usr: %w", err)}
+		}
+		if err := b.Env.Mounter.Mount("", usr, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+			return &StepError{Step: "mount", File: usr, Err: fmt.Errorf("make /usr read-only: %w", err)}
+		}
+	}
 	b.Log.Infof("mount", "composefs root mounted at %s (verity=require, upper %s)", NewRoot, b.Config.Upper)
 	return nil
 }
 
-func (b *Boot) loadPolicy(policy []byte) error {
+// checkInit checks the init exists in the new root and, with a persistent
+// upper layer, that the file it resolves to is the image's.
+func (b *Boot) checkInit(up *upper) error {
+	resolved, err := resolveInit(b.Env.path(NewRoot), b.Config.Init)
+	if err != nil {
+		return err
+	}
+	if up != nil {
+		p := filepath.Join(up.dir, "upper", resolved)
+		if _, err := os.Lstat(p); err == nil {
+			return &StepError{Step: "init-check", File: p,
+				Err: fmt.Errorf("the init %s resolves to %s, which the persistent upper layer holds; it must come from the verified image", b.Config.Init, resolved)}
+		}
+	}
+	return nil
+}
+
+// loadPolicy loads the signed IPE policy, reads back what the kernel has
+// (the policy's PKCS#7, active, enforce) and measures that, or a distinct
+// event when the kernel did not take it and ipe_optional lets the boot go
+// on.
+func (b *Boot) loadPolicy(ctx context.Context, policy []byte) error {
 	st := b.status.IPE
 	h, err := ipe.Load(b.Env.IPEDir, policy, b.Config.IPEEnforce)
 	st.Policy = h.Name
 	st.Version = h.Version
+	var held []byte
+	if err == nil {
+		held, st.Active, st.Enforced, err = readBackIPE(b.Env.IPEDir, h.Name, policy, b.Config.IPEEnforce)
+	} else {
+		_, _, st.Enforced, _ = readBackIPE(b.Env.IPEDir, h.Name, nil, false)
+	}
 	if err != nil {
+		st.Active = false
 		if !b.Config.IPEOptional {
 			return &StepError{Step: "ipe", File: b.Config.IPEPolicy, Err: err}
 		}
 		st.Error = err.Error()
 		b.Log.Errorf("ipe", "policy not loaded, going on unenforced (ipe_optional): %v", err)
-		return nil
+		return b.extend(ctx, measure.PolicyFailedEvent(policy))
 	}
-	st.Active, st.Enforced = true, b.Config.IPEEnforce
-	b.Log.Infof("ipe", "policy %s %s active, enforce=%v", h.Name, h.Version, b.Config.IPEEnforce)
-	return nil
+	b.Log.Infof("ipe", "policy %s %s active, enforce=%v", h.Name, h.Version, st.Enforced)
+	return b.extend(ctx, measure.PolicyEvent(held, st.Enforced))
+}
+
+// readBackIPE reads what the kernel holds for policy name: its PKCS#7
+// (which must be want, when want is set), whether it is active, and IPE's
+// enforce state (which must be enforce when want is set).
+func readBackIPE(dir, name string, want []byte, enforce bool) (held []byte, active, enforced bool, err error) {
+	if e, rerr := os.ReadFile(filepath.Join(dir, "enforce")); rerr == nil {
+		enforced = strings.TrimSpace(string(e)) == "1"
+	}
+	if want == nil {
+		return nil, false, enforced, nil
+	}
+	pdir := filepath.Join(dir, "policies", name)
+	if held, err = os.ReadFile(filepath.Join(pdir, "pkcs7")); err != nil {
+		return nil, false, enforced, fmt.Errorf("read back IPE policy %q: %w", name, err)
+	}
+	if !bytes.Equal(held, want) {
+		return nil, false, enforced, fmt.Errorf("IPE holds another policy named %q (SHA-256 %s) than the one loaded", name, sha256Hex(held))
+	}
+	a, err := os.ReadFile(filepath.Join(pdir, "active"))
+	if err != nil {
+		return nil, false, enforced, fmt.Errorf("read back IPE policy %q: %w", name, err)
+	}
+	if active = strings.TrimSpace(string(a)) == "1"; !active {
+		return nil, false, enforced, fmt.Errorf("IPE policy %q is loaded but not active", name)
+	}
+	if enforce && !enforced {
+		return nil, true, false, errors.New("IPE is not enforcing after writing enforce=1")
+	}
+	return held, active, enforced, nil
 }
 
 func (b *Boot) writeStatus() error {

@@ -74,6 +74,10 @@ type Config struct {
 	// AllowRAMCopy allows images on filesystems without fs-verity: they are
 	// copied to RAM and digested there; such images must be self-contained.
 	AllowRAMCopy bool `json:"allow_ram_copy,omitempty"`
+	// RAMCopyMaxMiB bounds a RAM copy (default 256 MiB): a bigger image is
+	// refused before it fills the memory the init needs, and a refused
+	// copy is removed.
+	RAMCopyMaxMiB int `json:"ram_copy_max_mib,omitempty"`
 	// PCR is the TPM PCR extended with the boot's measurements (default 15).
 	PCR *int `json:"pcr,omitempty"`
 	// TPM is "required" (no TPM: boot fails) or "optional" (default required).
@@ -154,6 +158,7 @@ const (
 	DefaultPCR         = 15
 	DefaultDiskTimeout = 30 * time.Second
 	DefaultInit        = "/sbin/init"
+	DefaultRAMCopyMiB  = 256
 )
 
 // Size limits on what the init reads. Files on the disk are opened with
@@ -254,6 +259,12 @@ func (c *Config) normalize() error {
 		if _, err := verity.ParseDigest(d); err != nil {
 			bad("pinned_digests[%s]: %v", s, err)
 		}
+	}
+	switch {
+	case c.RAMCopyMaxMiB == 0:
+		c.RAMCopyMaxMiB = DefaultRAMCopyMiB
+	case c.RAMCopyMaxMiB < 0 || c.RAMCopyMaxMiB > 1<<20:
+		bad("ram_copy_max_mib %d is not between 1 and %d", c.RAMCopyMaxMiB, 1<<20)
 	}
 	if c.PCR == nil {
 		p := DefaultPCR

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
@@ -13,42 +14,94 @@ import (
 // newRoot, resolving symlinks inside newRoot (as the kernel will after the
 // chroot), and is an executable regular file.
 func CheckInit(newRoot, init string) error {
-	root, err := os.Open(newRoot)
+	_, err := resolveInit(newRoot, init)
+	return err
+}
+
+// resolveInit is CheckInit that also returns the path init resolves to,
+// relative to newRoot.
+func resolveInit(newRoot, init string) (string, error) {
+	fd, err := openInRoot(newRoot, init, unix.O_PATH)
 	if err != nil {
-		return fmt.Errorf("switch_root: %w", err)
-	}
-	defer root.Close()
-	fd, err := unix.Openat2(int(root.Fd()), init[1:], &unix.OpenHow{
-		Flags:   unix.O_PATH | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
-	})
-	if err != nil {
-		return fmt.Errorf("switch_root: init %s not found in the new root: %w", init, err)
+		return "", fmt.Errorf("switch_root: init %s not found in the new root: %w", init, err)
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("switch_root: init %s: %w", init, err)
+		return "", fmt.Errorf("switch_root: init %s: %w", init, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("switch_root: init %s is not a regular file", init)
+		return "", fmt.Errorf("switch_root: init %s is not a regular file", init)
 	}
 	if st.Mode&0o111 == 0 {
-		return fmt.Errorf("switch_root: init %s is not executable (mode %o)", init, st.Mode&0o7777)
+		return "", fmt.Errorf("switch_root: init %s is not executable (mode %o)", init, st.Mode&0o7777)
 	}
-	return nil
+	full, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return "", fmt.Errorf("switch_root: init %s: %w", init, err)
+	}
+	root, err := filepath.EvalSymlinks(newRoot)
+	if err != nil {
+		return "", fmt.Errorf("switch_root: %w", err)
+	}
+	rel, err := filepath.Rel(root, full)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("switch_root: init %s resolves to %s, outside the new root", init, full)
+	}
+	return rel, nil
 }
 
+// openInRoot opens p inside the directory root as if root were "/":
+// absolute symlinks and ".." stay inside it, magic links are refused.
+func openInRoot(root, p string, flags uint64) (int, error) {
+	dir, err := os.Open(root)
+	if err != nil {
+		return -1, err
+	}
+	defer dir.Close()
+	return unix.Openat2(int(dir.Fd()), strings.TrimPrefix(p, "/"), &unix.OpenHow{
+		Flags:   flags | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS,
+	})
+}
+
+// moveTargets opens /dev, /proc, /sys and /run of newRoot, resolved inside
+// newRoot: an image whose /run is a symlink to /somewhere gets /run moved
+// to its own /somewhere, never to the initramfs' (the mount would follow
+// the link from outside the new root).
+func moveTargets(newRoot string) (map[string]int, error) {
+	fds := map[string]int{}
+	for _, dir := range earlyDirs {
+		fd, err := openInRoot(newRoot, dir, unix.O_PATH|unix.O_DIRECTORY)
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			return nil, fmt.Errorf("switch_root: %s in the new root (does the image have %s?): %w", dir, dir, err)
+		}
+		fds[dir] = fd
+	}
+	return fds, nil
+}
+
+// earlyDirs are the mounts handed over to the new root.
+var earlyDirs = []string{"/dev", "/proc", "/sys", "/run"}
+
 // SwitchRoot makes newRoot the root and executes init in it as PID 1:
-// it moves /dev, /proc, /sys and /run into newRoot, frees the initramfs
-// (deleting its files, which live in RAM), chroots and execs. It returns
-// only on failure. Call CheckInit first: after the initramfs is deleted
-// there is no way back.
+// it moves /dev, /proc, /sys and /run into newRoot (each target resolved
+// inside newRoot), frees the initramfs (deleting its files, which live in
+// RAM), chroots and execs. It returns only on failure. Call CheckInit
+// first: after the initramfs is deleted there is no way back.
 func SwitchRoot(newRoot, init string, args []string) error {
-	for _, dir := range []string{"/dev", "/proc", "/sys", "/run"} {
-		target := filepath.Join(newRoot, dir)
-		if err := mount.MoveMount(dir, target); err != nil {
-			return fmt.Errorf("switch_root: move %s to %s (does the image have %s?): %w", dir, target, dir, err)
+	targets, err := moveTargets(newRoot)
+	if err != nil {
+		return err
+	}
+	for _, dir := range earlyDirs {
+		err := unix.MoveMount(unix.AT_FDCWD, dir, targets[dir], "", unix.MOVE_MOUNT_T_EMPTY_PATH)
+		unix.Close(targets[dir])
+		if err != nil {
+			return fmt.Errorf("switch_root: move %s into %s: %w", dir, newRoot, err)
 		}
 	}
 	oldRoot, err := os.Open("/")

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -29,10 +30,14 @@ func main() {
 		os.Exit(2)
 	}
 	log := boot.NewLogger(console)
-	cfg, err := run(log)
+	b := &boot.Boot{Log: log, Env: boot.SystemEnv()}
+	err := run(b)
 	// run returns only on failure: SwitchRoot does not return on success.
 	log.Errorf("failed", "BOOT FAILED: %v", err)
-	fail(log, cfg)
+	// Cap the PCR before anything else runs (Run did already for its own
+	// failures; Fail runs once).
+	capErr := b.Fail(context.Background(), err)
+	fail(log, b.Config, capErr)
 }
 
 // openConsole returns /dev/console once devtmpfs is mounted, falling back
@@ -47,18 +52,27 @@ func openConsole() io.Writer {
 	return os.Stdout
 }
 
-func run(log *boot.Logger) (*boot.Config, error) {
+// run boots, filling in b as it goes; it returns only on failure. A panic
+// becomes an error: PID 1 must not die.
+func run(b *boot.Boot) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &boot.StepError{Step: "init", Err: fmt.Errorf("panic: %v", r)}
+		}
+	}()
+	log := b.Log
 	cfg, err := boot.LoadConfig(boot.ConfigPath)
 	if err != nil {
-		return nil, &boot.StepError{Step: "config", File: boot.ConfigPath, Err: err}
+		return &boot.StepError{Step: "config", File: boot.ConfigPath, Err: err}
 	}
+	b.Config = cfg
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
-		return cfg, &boot.StepError{Step: "cmdline", File: "/proc/cmdline", Err: err}
+		return &boot.StepError{Step: "cmdline", File: "/proc/cmdline", Err: err}
 	}
 	choice, err := boot.ParseCmdline(string(cmdline), cfg)
 	if err != nil {
-		return cfg, &boot.StepError{Step: "cmdline", Err: err}
+		return &boot.StepError{Step: "cmdline", Err: err}
 	}
 	log.Debug = choice.Debug
 
@@ -66,28 +80,33 @@ func run(log *boot.Logger) (*boot.Config, error) {
 		entries, err := kmod.ParseList(f)
 		f.Close()
 		if err != nil {
-			return cfg, &boot.StepError{Step: "modules", File: layout.ModuleList, Err: err}
+			return &boot.StepError{Step: "modules", File: layout.ModuleList, Err: err}
 		}
 		start := time.Now()
 		if err := kmod.Load(entries, func(format string, a ...any) { log.Debugf("modules", format, a...) }); err != nil {
-			return cfg, &boot.StepError{Step: "modules", Err: err}
+			return &boot.StepError{Step: "modules", Err: err}
 		}
 		log.Infof("modules", "loaded %d modules in %v", len(entries), time.Since(start).Round(time.Millisecond))
 	}
 
-	b := &boot.Boot{Config: cfg, Choice: choice, Log: log, Env: boot.SystemEnv()}
+	b.Choice = choice
 	st, err := b.Run(context.Background())
 	if err != nil {
-		return cfg, err
+		return err
 	}
 	log.Infof("switch_root", "booting %s (%s) with %s", st.Image, st.Digest, cfg.Init)
-	return cfg, boot.SwitchRoot(boot.NewRoot, cfg.Init, cfg.InitArgs)
+	if err := boot.SwitchRoot(boot.NewRoot, cfg.Init, cfg.InitArgs); err != nil {
+		return &boot.StepError{Step: "switch_root", Err: err}
+	}
+	return errors.New("switch_root returned")
 }
 
 // fail carries out the config's on_failure action. PID 1 must not exit
 // (the kernel would panic), so every path ends in power-off, reboot, a
-// shell or an endless sleep.
-func fail(log *boot.Logger, cfg *boot.Config) {
+// shell or an endless sleep. A shell runs only once the PCR is capped
+// (capErr nil): otherwise it might find, or extend the PCR to, a good
+// boot's value and unseal what is bound to it.
+func fail(log *boot.Logger, cfg *boot.Config, capErr error) {
 	action := "halt"
 	if cfg != nil {
 		action = cfg.OnFailure
@@ -98,6 +117,11 @@ func fail(log *boot.Logger, cfg *boot.Config) {
 		log.Errorf("failed", "rebooting (on_failure: reboot)")
 		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	case "shell":
+		if capErr != nil {
+			log.Errorf("failed", "not starting a shell: the PCR is not capped (%v); powering off", capErr)
+			unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+			break
+		}
 		log.Errorf("failed", "starting an emergency shell (on_failure: shell)")
 		for _, sh := range []string{"/bin/sh", "/bin/busybox"} {
 			if _, err := os.Stat(sh); err == nil {

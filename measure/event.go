@@ -19,7 +19,10 @@ const (
 	EventImage     = "cfsroot-image"
 	EventSigner    = "cfsroot-signer"
 	EventPolicy    = "cfsroot-ipe-policy"
+	EventPolicyErr = "cfsroot-ipe-failed"
+	EventUpper     = "cfsroot-upper"
 	EventSeparator = "cfsroot-separator"
+	EventFailure   = "cfsroot-failure"
 	EventVersion   = "cfsroot-version"
 	EventFloor     = "cfsroot-floor"
 	// EventFsveritySigner names a certificate the init added to the
@@ -82,10 +85,15 @@ type ImageInfo struct {
 	// FsveritySigners are the certificates added to the .fs-verity keyring,
 	// in the order they were added (none without fsverity_certs).
 	FsveritySigners []*x509.Certificate
-	// Policy is the signed IPE policy file exactly as written to
-	// /sys/kernel/security/ipe/new_policy (the attached PKCS#7 .p7s bytes),
-	// or nil when no policy is loaded.
+	// Policy is the signed IPE policy exactly as the kernel holds it after
+	// loading it (read back from securityfs policies/NAME/pkcs7: the bytes
+	// of the .p7s file written to new_policy), or nil when no policy is
+	// loaded.
 	Policy []byte
+	// IPEEnforce is IPE's enforce state read back after loading Policy.
+	IPEEnforce bool
+	// Upper is the persistent upper layer, or nil for none or tmpfs.
+	Upper *Upper
 	// Rollback is the image's security version and the floor it was
 	// checked against, or nil when the config does not ask for
 	// anti-rollback (then neither is measured).
@@ -106,8 +114,17 @@ type RollbackInfo struct {
 	NV string
 }
 
-// Events returns the measurements of an image, in the order the init extends
-// them:
+// Upper identifies a persistent upper layer ("upper": "DISK:DIR").
+type Upper struct {
+	// Spec is the config's upper value, DISK:DIR.
+	Spec string
+	// FSUUID is the filesystem UUID of the disk found for DISK, as its
+	// superblock says ("" when the filesystem has none cfsroot reads).
+	FSUUID string
+}
+
+// Events returns the measurements of a good boot of an image, in the order
+// the init extends them:
 //
 //	cfsroot-image:NAME:ALG:HEX        ALG:HEX is the fs-verity digest as fsverity-utils prints it
 //	cfsroot-signer:sha256:HEX         HEX = SHA-256 of the signer certificate's DER encoding
@@ -115,12 +132,37 @@ type RollbackInfo struct {
 //	cfsroot-version:PRODUCT:N         the image's product (may be empty) and security version; only with Rollback
 //	cfsroot-floor:F:nv=STATE          the floor and the NV counter's state (off, read, missing); only with Rollback
 //	cfsroot-fsverity-signer:sha256:HEX  one per object signer added to the .fs-verity keyring
-//	cfsroot-ipe-policy:sha256:HEX     HEX = SHA-256 of the policy file's bytes; only when a policy is loaded
-//	cfsroot-separator                 always last
+//	cfsroot-upper:DISK:DIR:fs-uuid=U  only with a persistent upper layer; U = its filesystem UUID
+//	cfsroot-ipe-policy:sha256:HEX:enforce=N
+//	                                  only with a policy, after the kernel took it: HEX = SHA-256
+//	                                  of the policy as the kernel holds it (the .p7s file's
+//	                                  bytes), N = IPE's enforce state read back (0 or 1)
+//	cfsroot-separator                 always last, after every check passed
+//
+// The events up to the upper layer's (ImageEvents) are extended before the
+// image is mounted, the policy event after the policy is loaded
+// (PolicyEvent; PolicyFailedEvent when loading failed and the config
+// allowed going on), the separator right before switch_root. A failed boot
+// extends FailureEvent instead of whatever was left, so PCR values never
+// equal a good boot's.
 //
 // Each text is ASCII, without quotes, backslashes or a trailing newline, and
 // is measured as is: every bank extends with its own hash of these bytes.
 func Events(img ImageInfo) ([]Event, error) {
+	evs, err := ImageEvents(img)
+	if err != nil {
+		return nil, err
+	}
+	if img.Policy != nil {
+		evs = append(evs, PolicyEvent(img.Policy, img.IPEEnforce))
+	}
+	return append(evs, Separator()), nil
+}
+
+// ImageEvents returns the events the init extends before mounting the
+// image: image, signer, version and floor (with Rollback), the object
+// signers, and the persistent upper layer (with Upper).
+func ImageEvents(img ImageInfo) ([]Event, error) {
 	if err := checkName(img.Name); err != nil {
 		return nil, err
 	}
@@ -158,11 +200,56 @@ func Events(img ImageInfo) ([]Event, error) {
 	for _, c := range img.FsveritySigners {
 		evs = append(evs, Event{Type: EventFsveritySigner, Data: EventFsveritySigner + ":sha256:" + signature.Fingerprint(c)})
 	}
-	if img.Policy != nil {
-		sum := sha256.Sum256(img.Policy)
-		evs = append(evs, Event{Type: EventPolicy, Data: EventPolicy + ":sha256:" + hex.EncodeToString(sum[:])})
+	if img.Upper != nil {
+		ev := Event{Type: EventUpper, Data: EventUpper + ":" + img.Upper.Spec + ":fs-uuid=" + img.Upper.FSUUID}
+		if err := ev.Check(); err != nil {
+			return nil, fmt.Errorf("measure: upper layer %q: %w", img.Upper.Spec, err)
+		}
+		evs = append(evs, ev)
 	}
-	return append(evs, Separator()), nil
+	return evs, nil
+}
+
+// PolicyEvent is the measurement of an IPE policy the kernel took: the
+// SHA-256 of the policy as the kernel holds it, and IPE's enforce state.
+func PolicyEvent(policy []byte, enforce bool) Event {
+	sum := sha256.Sum256(policy)
+	e := "0"
+	if enforce {
+		e = "1"
+	}
+	return Event{Type: EventPolicy, Data: EventPolicy + ":sha256:" + hex.EncodeToString(sum[:]) + ":enforce=" + e}
+}
+
+// PolicyFailedEvent is measured instead of PolicyEvent when the kernel did
+// not take the policy and the config allowed booting without it
+// (ipe_optional): HEX is the SHA-256 of the policy file that was refused.
+func PolicyFailedEvent(policy []byte) Event {
+	sum := sha256.Sum256(policy)
+	return Event{Type: EventPolicyErr, Data: EventPolicyErr + ":sha256:" + hex.EncodeToString(sum[:])}
+}
+
+// FailureEvent is extended when the boot fails at step, before the
+// config's on_failure action runs: it caps the PCR, so that whatever runs
+// next (an emergency shell) cannot hold or reach a good boot's value.
+// Characters outside A-Z a-z 0-9 . _ + @ ~ - : are replaced by '_'.
+func FailureEvent(step string) Event {
+	b := []byte(step)
+	for i, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '.' || c == '_' || c == '+' || c == '@' || c == '~' || c == '-' || c == ':':
+		default:
+			b[i] = '_'
+		}
+	}
+	if len(b) == 0 {
+		b = []byte("unknown")
+	}
+	if len(b) > 256 {
+		b = b[:256]
+	}
+	return Event{Type: EventFailure, Data: EventFailure + ":" + string(b)}
 }
 
 // Separator returns the event that closes cfsroot's measurements.

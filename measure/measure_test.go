@@ -448,7 +448,7 @@ func TestPredictAgainstOpenSSL(t *testing.T) {
 		t.Errorf("signer event %q, openssl fingerprint %s", evs[1].Data, fp)
 	}
 	// The policy digest is the SHA-256 of the file's bytes.
-	if want := strings.Fields(string(pipe(t, img.Policy, openssl, "dgst", "-sha256", "-r")))[0]; evs[2].Data != "cfsroot-ipe-policy:sha256:"+want {
+	if want := strings.Fields(string(pipe(t, img.Policy, openssl, "dgst", "-sha256", "-r")))[0]; evs[2].Data != "cfsroot-ipe-policy:sha256:"+want+":enforce=0" {
 		t.Errorf("policy event %q, openssl says %s", evs[2].Data, want)
 	}
 }
@@ -469,14 +469,16 @@ func TestEvents(t *testing.T) {
 	cert := testCert(t)
 	fp := sha256.Sum256(cert.Raw)
 	pol := sha256.Sum256([]byte("p"))
-	evs, err := Events(ImageInfo{Name: "root-1.2", Digest: d, Signer: cert, Policy: []byte("p")})
+	evs, err := Events(ImageInfo{Name: "root-1.2", Digest: d, Signer: cert, Policy: []byte("p"), IPEEnforce: true,
+		Upper: &Upper{Spec: "LABEL=data:state/root", FSUUID: "c0ffee00-1234-4567-89ab-0123456789ab"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []Event{
 		{"cfsroot-image", "cfsroot-image:root-1.2:sha256:2f3e0b1b6a6b1b7e0e3f2d1c0b0a09080706050403020100ffeeddccbbaa9988"},
 		{"cfsroot-signer", "cfsroot-signer:sha256:" + hex.EncodeToString(fp[:])},
-		{"cfsroot-ipe-policy", "cfsroot-ipe-policy:sha256:" + hex.EncodeToString(pol[:])},
+		{"cfsroot-upper", "cfsroot-upper:LABEL=data:state/root:fs-uuid=c0ffee00-1234-4567-89ab-0123456789ab"},
+		{"cfsroot-ipe-policy", "cfsroot-ipe-policy:sha256:" + hex.EncodeToString(pol[:]) + ":enforce=1"},
 		{"cfsroot-separator", "cfsroot-separator"},
 	}
 	if len(evs) != len(want) {
@@ -514,6 +516,22 @@ func TestEvents(t *testing.T) {
 		if _, err := Events(bad); err == nil {
 			t.Errorf("Events(%+v) accepted", bad)
 		}
+	}
+}
+
+func TestFailureEvents(t *testing.T) {
+	for step, want := range map[string]string{
+		"verify:default": "cfsroot-failure:verify:default",
+		"":               "cfsroot-failure:unknown",
+		"a b/\x00\xff":   "cfsroot-failure:a_b___",
+	} {
+		if got := FailureEvent(step); got.Data != want || got.Type != EventFailure || got.Check() != nil {
+			t.Errorf("FailureEvent(%q) = %q, want %q", step, got.Data, want)
+		}
+	}
+	pol := sha256.Sum256([]byte("p"))
+	if got := PolicyFailedEvent([]byte("p")); got.Data != "cfsroot-ipe-failed:sha256:"+hex.EncodeToString(pol[:]) {
+		t.Errorf("PolicyFailedEvent = %q", got.Data)
 	}
 }
 

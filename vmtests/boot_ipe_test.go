@@ -1,15 +1,18 @@
 package vmtests
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/initramfs"
 	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/vmtests/vm"
 )
 
@@ -82,7 +85,7 @@ func TestBootIPEPolicy(t *testing.T) {
 		// PCR 15 covers the policy: the guest's value is the prediction
 		// with --policy, on every bank the guest reported.
 		out, _ := runTool(t, cfsroot, "pcr", "predict", "--image", img, "--sig", img+".sig",
-			"--trusted", f.cert, "--policy", policy)
+			"--trusted", f.cert, "--policy", policy, "--ipe-enforce")
 		predicted := parsePredict(t, out)
 		pcr, _ := res.Result("pcr")
 		if len(pcr.Data) == 0 {
@@ -93,8 +96,10 @@ func TestBootIPEPolicy(t *testing.T) {
 				t.Errorf("PCR 15 %s: guest %s, cfsroot pcr predict --policy %s", bank, got, predicted[bank])
 			}
 		}
-		if len(st.TPM.Events) != 4 || !strings.HasPrefix(st.TPM.Events[2], "cfsroot-ipe-policy:sha256:"+st.IPE.SHA256) {
-			t.Errorf("measured events %q: want the policy's SHA-256 (%s) third", st.TPM.Events, st.IPE.SHA256)
+		// Measured after the kernel took it, from what it holds
+		// (policies/NAME/pkcs7, enforce).
+		if len(st.TPM.Events) != 4 || st.TPM.Events[2] != "cfsroot-ipe-policy:sha256:"+st.IPE.SHA256+":enforce=1" {
+			t.Errorf("measured events %q: want the policy's SHA-256 (%s) and enforce=1 third", st.TPM.Events, st.IPE.SHA256)
 		}
 	})
 
@@ -112,8 +117,28 @@ func TestBootIPEPolicy(t *testing.T) {
 	t.Run("untrusted signer with ipe_optional", func(t *testing.T) {
 		res := boot1(t, untrusted, true)
 		st := status(t, res)
-		if st.IPE == nil || st.IPE.Active || st.IPE.Enforced || st.IPE.Error == "" {
-			t.Errorf("status.json ipe: %+v; want not active, not enforced, with the error", st.IPE)
+		// enforced is the kernel's state read back (issue 12, finding 3),
+		// not the config's: IPE starts enforcing (ipe.enforce=1 by default),
+		// which with no active policy restricts nothing.
+		if st.IPE == nil || st.IPE.Active || !st.IPE.Enforced || st.IPE.Error == "" {
+			t.Errorf("status.json ipe: %+v; want not active, the kernel's enforce state (1), with the error", st.IPE)
 		}
+		// Issue 12, finding 3: a refused policy is measured as such, never
+		// as a loaded one.
+		data, _ := os.ReadFile(untrusted)
+		sum := sha256.Sum256(data)
+		if len(st.TPM.Events) != 4 || st.TPM.Events[2] != "cfsroot-ipe-failed:sha256:"+hex.EncodeToString(sum[:]) {
+			t.Errorf("measured events %q: want cfsroot-ipe-failed with the refused policy's SHA-256 third", st.TPM.Events)
+		}
+		out, _ := runTool(t, cfsroot, "pcr", "predict", "--image", img, "--sig", img+".sig", "--trusted", f.cert, "--policy", untrusted)
+		loaded := parsePredict(t, out)
+		pcr, _ := res.Result("pcr")
+		for bank, got := range pcr.Data {
+			if got == loaded[bank] {
+				t.Errorf("PCR 15 %s after a refused policy equals the prediction for a loaded one", bank)
+			}
+		}
+		good := goodEvents(t, f, measure.ImageInfo{})
+		wantPCR(t, pcrOf(t, pcr.Data, ""), []measure.Event{good[0], good[1], measure.PolicyFailedEvent(data), measure.Separator()})
 	})
 }

@@ -173,7 +173,7 @@ func runDemo(t *testing.T, root string) {
 	// 6. Prediction of PCR 15, before booting.
 	predictArgs := []string{"pcr", "predict", "--image", img, "--sig", img + ".sig", "--trusted", signCert}
 	if policy != "" {
-		predictArgs = append(predictArgs, "--policy", policy)
+		predictArgs = append(predictArgs, "--policy", policy, "--ipe-enforce")
 	}
 	out, _ = tool(predictArgs...)
 	predicted := parsePredict(t, out)

@@ -23,7 +23,7 @@ const defaultBanks = "sha1,sha256,sha384,sha512"
 var (
 	pcrPredictCmd = &command{
 		name: "pcr predict",
-		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--fsverity-signers CERTS] [--policy POLICY.p7s] [--floor N [--floor-nv STATE]] [--pcr N] [--bank LIST] [--events]",
+		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--fsverity-signers CERTS] [--upper DISK:DIR --upper-uuid UUID] [--policy POLICY.p7s [--ipe-enforce]] [--floor N [--floor-nv STATE]] [--pcr N] [--bank LIST] [--events]",
 		summary: "print the PCR values cfsroot's init leaves after measuring IMAGE, from a reset PCR (all zeros)\n\n" +
 			"The init extends, on every active bank, the events\n" +
 			"  cfsroot-image:NAME:<IMAGE's fs-verity digest, sha256:HEX>\n" +
@@ -31,8 +31,11 @@ var (
 			"  cfsroot-version:<IMAGE's product>:<IMAGE's security version> (only with --floor)\n" +
 			"  cfsroot-floor:<floor>:nv=<off|read|missing> (only with --floor)\n" +
 			"  cfsroot-fsverity-signer:sha256:<SHA-256 of the certificate's DER> (one per object signer, with fsverity_certs)\n" +
-			"  cfsroot-ipe-policy:sha256:<SHA-256 of the policy file> (only with a policy)\n" +
+			"  cfsroot-upper:DISK:DIR:fs-uuid=UUID (only with a persistent upper layer, config \"upper\": \"DISK:DIR\")\n" +
+			"  cfsroot-ipe-policy:sha256:<SHA-256 of the policy file>:enforce=0|1 (only with a policy; 1 with ipe_enforce)\n" +
 			"  cfsroot-separator\n" +
+			"A failed boot measures cfsroot-failure:STEP instead of what was left, so it never\n" +
+			"predicts to these values.\n" +
 			"Output: one line \"PCR BANK HEX\" per bank.",
 	}
 	pcrReplayCmd = &command{
@@ -102,6 +105,9 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 	floorNV := fs.String("floor-nv", "read", "with --floor: the NV counter's state at boot: off (rollback_nv off), read, or missing (rollback_nv optional, no counter)")
 	fvSigners := fs.String("fsverity-signers", "", "the object signers' certificates the init adds to the .fs-verity keyring (config fsverity_certs):\n"+
 		"a PEM file or a directory of .pem/.crt/.der files, as in the initramfs (the order is the init's: file names, then order in a file)")
+	ipeEnforce := fs.Bool("ipe-enforce", false, "the config sets ipe_enforce (with --policy)")
+	upperSpec := fs.String("upper", "", "the config's persistent upper layer, DISK:DIR, if any")
+	upperUUID := fs.String("upper-uuid", "", "the filesystem UUID of the upper layer's disk, as blkid prints it (with --upper)")
 	pcr := pcrFlag(fs, measure.DefaultPCR, "PCR index the init extends (only labels the output: the value from reset does not depend on it)")
 	banks := fs.String("bank", defaultBanks, "comma-separated PCR banks: sha1, sha256, sha384, sha512, sm3_256")
 	showEvents := fs.Bool("events", false, "also print each measured event as \"event TYPE TEXT\", before the values")
@@ -194,6 +200,18 @@ func runPCRPredict(args []string, stdout, stderr io.Writer) error {
 		if info.Policy, err = os.ReadFile(*policyPath); err != nil {
 			return fmt.Errorf("pcr predict: read policy: %w", err)
 		}
+		info.IPEEnforce = *ipeEnforce
+	} else if *ipeEnforce {
+		return usagef("pcr predict: --ipe-enforce needs --policy")
+	}
+	if (*upperSpec != "") != (*upperUUID != "") {
+		return usagef("pcr predict: --upper and --upper-uuid go together")
+	}
+	if *upperSpec != "" {
+		if _, _, ok := strings.Cut(*upperSpec, ":"); !ok || *upperSpec == "tmpfs" || *upperSpec == "none" {
+			return usagef("pcr predict: --upper %q: want the config's DISK:DIR (none and tmpfs are not measured)", *upperSpec)
+		}
+		info.Upper = &measure.Upper{Spec: *upperSpec, FSUUID: strings.ToLower(*upperUUID)}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

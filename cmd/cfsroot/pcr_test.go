@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -75,16 +76,18 @@ func TestPCRPredictMatchesIndependentTools(t *testing.T) {
 	texts := []string{
 		"cfsroot-image:image:" + digest,
 		"cfsroot-signer:sha256:" + fp,
-		"cfsroot-ipe-policy:sha256:" + pol,
+		"cfsroot-upper:LABEL=data:state:fs-uuid=c0ffee00-1234-4567-89ab-0123456789ab",
+		"cfsroot-ipe-policy:sha256:" + pol + ":enforce=1",
 		"cfsroot-separator",
 	}
 	out, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--sig", f.sig, "--trusted", f.cert, "--policy", f.policy,
+		"--ipe-enforce", "--upper", "LABEL=data:state", "--upper-uuid", "c0ffee00-1234-4567-89ab-0123456789ab",
 		"--bank", "sha1,sha256,sha384,sha512,sm3_256", "--events")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var want strings.Builder
-	types := []string{"cfsroot-image", "cfsroot-signer", "cfsroot-ipe-policy", "cfsroot-separator"}
+	types := []string{"cfsroot-image", "cfsroot-signer", "cfsroot-upper", "cfsroot-ipe-policy", "cfsroot-separator"}
 	for i, s := range texts {
 		fmt.Fprintf(&want, "event %s %s\n", types[i], s)
 	}
@@ -100,7 +103,8 @@ func TestPCRPredictMatchesIndependentTools(t *testing.T) {
 
 	// --signer with the same certificate predicts the same; other names,
 	// images and signers predict differently.
-	same, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--signer", f.cert, "--policy", f.policy, "--bank", "sha256", "--pcr", "7")
+	same, _, err := runCLI(t, "pcr", "predict", "--image", f.image, "--signer", f.cert, "--policy", f.policy, "--ipe-enforce",
+		"--upper", "LABEL=data:state", "--upper-uuid", "c0ffee00-1234-4567-89ab-0123456789ab", "--bank", "sha256", "--pcr", "7")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,10 +113,12 @@ func TestPCRPredictMatchesIndependentTools(t *testing.T) {
 	}
 	seen := map[string]string{same: "base"}
 	for name, args := range map[string][]string{
-		"no policy": {"--image", f.image, "--signer", f.cert},
-		"renamed":   {"--image", f.image, "--signer", f.cert, "--policy", f.policy, "--name", "other"},
-		"pinned":    {"--image", f.image, "--digest", digest, "--policy", f.policy},
-		"image":     {"--image", randomFile(t, t.TempDir(), 100), "--signer", f.cert, "--policy", f.policy},
+		"no upper":     {"--image", f.image, "--signer", f.cert, "--policy", f.policy, "--ipe-enforce"},
+		"not enforced": {"--image", f.image, "--signer", f.cert, "--policy", f.policy},
+		"no policy":    {"--image", f.image, "--signer", f.cert},
+		"renamed":      {"--image", f.image, "--signer", f.cert, "--policy", f.policy, "--name", "other"},
+		"pinned":       {"--image", f.image, "--digest", digest, "--policy", f.policy},
+		"image":        {"--image", randomFile(t, t.TempDir(), 100), "--signer", f.cert, "--policy", f.policy},
 	} {
 		o, _, err := runCLI(t, append([]string{"pcr", "predict", "--bank", "sha256", "--pcr", "7"}, args...)...)
 		if err != nil {
@@ -140,6 +146,44 @@ func TestPCRPredictPinned(t *testing.T) {
 	_, _, err = runCLI(t, "pcr", "predict", "--image", img, "--digest", d.String())
 	if err == nil || !strings.Contains(err.Error(), "not the pinned") {
 		t.Errorf("wrong pinned digest: %v", err)
+	}
+}
+
+// TestPCRPredictUpperAndEnforce: --upper/--upper-uuid add the persistent
+// upper layer's event, --ipe-enforce the enforce state to the policy event,
+// in the order the init measures them; half-given pairs are usage errors.
+func TestPCRPredictUpperAndEnforce(t *testing.T) {
+	dir := t.TempDir()
+	img := randomFile(t, dir, 5000)
+	pol := randomFile(t, dir, 300)
+	d, err := verity.DigestFile(img, verity.Params{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	polData, _ := os.ReadFile(pol)
+	sum := sha256.Sum256(polData)
+	out, _, err := runCLI(t, "pcr", "predict", "--image", img, "--digest", d.String(), "--events", "--bank", "sha256",
+		"--upper", "LABEL=data:state", "--upper-uuid", "C0FFEE00-1234-4567-89AB-0123456789AB", "--policy", pol, "--ipe-enforce")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "event cfsroot-signer cfsroot-signer:pinned-digest\n" +
+		"event cfsroot-upper cfsroot-upper:LABEL=data:state:fs-uuid=c0ffee00-1234-4567-89ab-0123456789ab\n" +
+		"event cfsroot-ipe-policy cfsroot-ipe-policy:sha256:" + hex.EncodeToString(sum[:]) + ":enforce=1\n" +
+		"event cfsroot-separator cfsroot-separator\n"
+	if !strings.Contains(out, want) {
+		t.Errorf("predict --events:\n%s\nwant:\n%s", out, want)
+	}
+	for _, bad := range [][]string{
+		{"--upper", "LABEL=data:state"},
+		{"--upper-uuid", "c0ffee00-1234-4567-89ab-0123456789ab"},
+		{"--upper", "tmpfs", "--upper-uuid", "x"},
+		{"--ipe-enforce"},
+	} {
+		args := append([]string{"pcr", "predict", "--image", img, "--digest", d.String()}, bad...)
+		if _, _, err := runCLI(t, args...); err == nil {
+			t.Errorf("predict %q accepted", bad)
+		}
 	}
 }
 

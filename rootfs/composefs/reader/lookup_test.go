@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -43,5 +44,51 @@ func TestLookup(t *testing.T) {
 		if _, err := img.Lookup(p); err == nil || errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("Lookup(%s): %v, want a usage error", p, err)
 		}
+	}
+}
+
+// TestReadDir checks ReadDir against Walk for every directory.
+func TestReadDir(t *testing.T) {
+	_, data := writeTestImage(t)
+	img, err := New(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	children := map[string][]string{}
+	dirs := []string{}
+	err = img.Walk(func(e *Entry) error {
+		if e.IsDir() {
+			dirs = append(dirs, e.Path)
+		}
+		if e.Path != "/" {
+			parent := e.Path[:strings.LastIndex(e.Path, "/")]
+			if parent == "" {
+				parent = "/"
+			}
+			children[parent] = append(children[parent], e.Path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		ents, err := img.ReadDir(d)
+		if err != nil {
+			t.Fatalf("ReadDir(%s): %v", d, err)
+		}
+		var got []string
+		for _, e := range ents {
+			got = append(got, e.Path)
+			if w, err := img.Lookup(e.Path); err != nil || w.Mode != e.Mode || w.Nid != e.Nid {
+				t.Errorf("ReadDir(%s) entry %s = %+v, Lookup gave %+v (%v)", d, e.Path, e, w, err)
+			}
+		}
+		if !reflect.DeepEqual(got, children[d]) {
+			t.Errorf("ReadDir(%s) = %q, Walk gave %q", d, got, children[d])
+		}
+	}
+	if _, err := img.ReadDir("/nope"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadDir(/nope) = %v", err)
 	}
 }

@@ -90,6 +90,9 @@ func main() {
 	// Is the root writable (an upper layer) or read-only?
 	err = os.WriteFile("/var-write-test", []byte("x"), 0o644)
 	guest.Check(out, "write", nil, err)
+	// /usr stays read-only even with a persistent upper layer.
+	err = os.WriteFile("/usr/.write-test", []byte("x"), 0o644)
+	guest.Check(out, "write-usr", nil, err)
 	guest.Check(out, "rootinit-done", nil, nil)
 	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
