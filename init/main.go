@@ -123,9 +123,12 @@ func fail(log *boot.Logger, cfg *boot.Config, capErr error) {
 			break
 		}
 		log.Errorf("failed", "starting an emergency shell (on_failure: shell)")
+		// The kernel starts PID 1 without PATH; the shell needs one to find
+		// the initramfs' commands in /bin.
+		env := append(os.Environ(), "PATH=/bin:/sbin:/usr/bin:/usr/sbin")
 		for _, sh := range []string{"/bin/sh", "/bin/busybox"} {
 			if _, err := os.Stat(sh); err == nil {
-				unix.Exec(sh, []string{sh}, os.Environ())
+				unix.Exec(sh, []string{sh}, env)
 			}
 		}
 		log.Errorf("failed", "no shell in the initramfs; powering off")

@@ -20,7 +20,8 @@ import (
 )
 
 // bootWith boots the cfsroot init on a copy of the provisioned disk, with
-// extra initramfs files and extra disks (after the provisioned one).
+// extra initramfs files and extra disks (after the provisioned one, which
+// is /dev/vda).
 func bootWith(t *testing.T, f *fixture, config string, files []initramfs.File, disks []string, appendArgs ...string) *vm.Result {
 	t.Helper()
 	disk := filepath.Join(t.TempDir(), "disk.img")
@@ -30,7 +31,7 @@ func bootWith(t *testing.T, f *fixture, config string, files []initramfs.File, d
 	initrd := vm.Initramfs(t, initramfs.Spec{
 		Init:      f.initBin,
 		ModuleDir: f.kernel.Modules,
-		Modules:   vm.BootModules,
+		Modules:   append([]string{"loop"}, vm.BootModules...), // loop: RAM copies live on tmpfs
 		Certs:     []string{f.cert},
 		Config:    write(t, filepath.Join(t.TempDir(), "config"), []byte(config)),
 		Files:     files,

@@ -233,26 +233,7 @@ func tamper(img []byte) []byte {
 // bootCfsroot boots the cfsroot init on a copy of the provisioned disk.
 func bootCfsroot(t *testing.T, f *fixture, config string, appendArgs ...string) *vm.Result {
 	t.Helper()
-	disk := filepath.Join(t.TempDir(), "disk.img")
-	if out, err := exec.Command("cp", "--sparse=always", f.disk, disk).CombinedOutput(); err != nil {
-		t.Fatalf("copy disk: %v\n%s", err, out)
-	}
-	cfgPath := write(t, filepath.Join(t.TempDir(), "config"), []byte(config))
-	initrd := vm.Initramfs(t, initramfs.Spec{
-		Init:      f.initBin,
-		ModuleDir: f.kernel.Modules,
-		Modules:   append([]string{"loop"}, vm.BootModules...), // loop: RAM copies live on tmpfs
-		Certs:     []string{f.cert},
-		Config:    cfgPath,
-	})
-	return vm.Boot(t, vm.Options{
-		Name:      vmName(t),
-		Kernel:    f.kernel.Image,
-		Initramfs: initrd,
-		Disks:     append([]string{disk}, f.extraDisks...),
-		TPM:       true,
-		Append:    appendArgs,
-	})
+	return bootWith(t, f, config, nil, f.extraDisks, appendArgs...)
 }
 
 const testConfig = `{
