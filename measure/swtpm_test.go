@@ -2,14 +2,8 @@ package measure
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"reflect"
 	"testing"
-	"time"
-
-	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
@@ -19,33 +13,7 @@ import (
 // of the simulator, the one the VM tests use, with SHA-1 allocated to no PCR:
 // the Measurer must extend exactly the allocated banks.
 func TestSwtpm(t *testing.T) {
-	testutil.RequireTool(t, "swtpm")
-	testutil.RequireTool(t, "swtpm_setup")
-	dir := t.TempDir()
-	state := filepath.Join(dir, "state")
-	os.Mkdir(state, 0o700)
-	testutil.Run(t, "swtpm_setup", "--tpm2", "--tpmstate", state, "--pcr-banks", "sha256,sha384,sha512")
-	sock := filepath.Join(dir, "tpm.sock")
-	cmd := exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
-		"--server", "type=unixio,path="+sock, "--ctrl", "type=unixio,path="+filepath.Join(dir, "ctrl.sock"),
-		"--flags", "not-need-init,startup-clear")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("swtpm did not create its socket within 10s")
-		}
-	}
-	tpm, err := linuxudstpm.Open(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tpm.Close()
+	tpm := testutil.Swtpm(t, "sha256,sha384,sha512")
 	ctx := context.Background()
 	m := newTestMeasurer(t, tpm)
 	if got, want := m.Banks(), []Alg{SHA256, SHA384, SHA512}; !reflect.DeepEqual(got, want) {

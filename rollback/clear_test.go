@@ -6,16 +6,30 @@ import (
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/cfsroot/cfsroot/measure"
 )
 
 // TestClearedTPM: TPM2_Clear (with the lockout or platform authorization,
 // or from firmware setup) deletes the owner's NV indexes, so the counter is
 // missing afterwards: rollback_nv "required" then refuses to boot, and
 // "optional" boots on the config's min_version alone. A counter defined
-// again after the clear still does not start lower than the old one.
+// again after the clear still does not start lower than the old one
+// (simulator and swtpm).
 func TestClearedTPM(t *testing.T) {
+	t.Run("simulator", func(t *testing.T) {
+		m, tpm := openSim(t)
+		testClearedTPM(t, m, tpm)
+	})
+	t.Run("swtpm", func(t *testing.T) {
+		m, tpm := openSwtpm(t)
+		testClearedTPM(t, m, tpm)
+	})
+}
+
+func testClearedTPM(t *testing.T, m *measure.Measurer, tpm transport.TPM) {
 	ctx := context.Background()
-	m, tpm := openSim(t)
 	v0, _, err := Provision(ctx, m, DefaultIndex, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/cfsroot/cfsroot/internal/testutil"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rootfs/secversion"
 )
@@ -32,10 +33,32 @@ func openSim(t *testing.T) (*measure.Measurer, transport.TPM) {
 }
 
 // TestCounterFloor: provisioning defines and starts the counter, Raise
-// only raises it, and deleting and defining it again does not lower it.
+// only raises it, and deleting and defining it again does not lower it; on
+// the simulator (the TCG reference code) and on swtpm (libtpms, the TPM the
+// VM tests attach).
 func TestCounterFloor(t *testing.T) {
+	t.Run("simulator", func(t *testing.T) {
+		m, tpm := openSim(t)
+		testCounterFloor(t, m, tpm)
+	})
+	t.Run("swtpm", func(t *testing.T) {
+		m, tpm := openSwtpm(t)
+		testCounterFloor(t, m, tpm)
+	})
+}
+
+func openSwtpm(t *testing.T) (*measure.Measurer, transport.TPM) {
+	t.Helper()
+	tpm := testutil.Swtpm(t, "sha256")
+	m, err := measure.New(context.Background(), tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, tpm
+}
+
+func testCounterFloor(t *testing.T, m *measure.Measurer, tpm transport.TPM) {
 	ctx := context.Background()
-	m, tpm := openSim(t)
 	const idx = DefaultIndex
 
 	if _, err := Read(ctx, m, idx); !errors.Is(err, ErrMissing) {
