@@ -108,3 +108,29 @@ func TestVerifyRefusesHostileDER(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkVerifyLargestDER: the worst inputs within the bounds (close to
+// MaxDERSize of tiny elements, flat and under MaxDERDepth-1 levels) that
+// CheckDER lets through to the PKCS#7 parser, which must then refuse them
+// in bounded time (the parser rescans each level: depth × size).
+func BenchmarkVerifyLargestDER(b *testing.B) {
+	key := ecKey(b, elliptic.P256())
+	cert := newCert(b, key, "signer", 1)
+	d := digestOf(b, "image", verity.SHA256)
+	n := (MaxDERSize - 200) / 2
+	inner := bytes.Repeat([]byte{0x05, 0x00}, n)
+	flat := append(derHeader(0x30, len(inner)), inner...)
+	for name, in := range map[string][]byte{"flat": flat, "deep": nested(MaxDERDepth-1, flat)} {
+		if err := CheckDER(in); err != nil {
+			b.Fatalf("%s: %v", name, err)
+		}
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				if _, err := Verify(in, d, NewTrustStore(cert)); err == nil {
+					b.Fatal("accepted")
+				}
+			}
+		})
+	}
+}
