@@ -257,16 +257,35 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tBOOTED\tSTATE\tDIGEST\tSIGNER")
+	fmt.Fprintln(tw, "SLOT\tBOOTED\tSTATE\tVERSION\tDIGEST\tSIGNER")
 	for _, n := range names {
 		digest, signer := slotDigest(*dir, n, ts)
 		mark := ""
 		if n == booted {
 			mark = "*"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, mark, st.Describe(n), digest, signer)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n, mark, st.Describe(n), slotVersion(*dir, n), digest, signer)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if f := bootFloor(*status); f != "" {
+		fmt.Fprintln(stdout, f)
+	}
+	return nil
+}
+
+// slotVersion returns a slot image's security version and product
+// (/.cfsroot, package rootfs/secversion) for the status table.
+func slotVersion(dir, slot string) string {
+	info, err := readSecVersion(filepath.Join(dir, repo.ImagesDir, slot+".cfs"))
+	switch {
+	case err != nil:
+		return "-"
+	case info.Product != "":
+		return fmt.Sprintf("%d (%s)", info.Version, info.Product)
+	}
+	return fmt.Sprint(info.Version)
 }
 
 // slotDigest returns a slot image's digest (the kernel's if fs-verity is

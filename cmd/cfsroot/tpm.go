@@ -116,6 +116,35 @@ type bootedRollback struct {
 	} `json:"rollback"`
 }
 
+// bootFloor describes the anti-rollback floor the init booted with, from
+// its status file ("" when there is none).
+func bootFloor(statusPath string) string {
+	data, err := os.ReadFile(statusPath)
+	if err != nil {
+		return ""
+	}
+	var st struct {
+		Rollback *struct {
+			Floor      uint64 `json:"floor"`
+			MinVersion uint64 `json:"min_version"`
+			NV         uint64 `json:"nv"`
+			NVState    string `json:"nv_state"`
+		} `json:"rollback"`
+	}
+	if json.Unmarshal(data, &st) != nil || st.Rollback == nil {
+		return ""
+	}
+	r := st.Rollback
+	nv := "not used"
+	switch r.NVState {
+	case "read":
+		nv = fmt.Sprint(r.NV)
+	case "missing":
+		nv = "missing"
+	}
+	return fmt.Sprintf("anti-rollback floor at boot: %d (min_version %d, NV counter %s)", r.Floor, r.MinVersion, nv)
+}
+
 // raiseFloor raises the NV counter to the booted image's security version,
 // as the init recorded it in its status file: never lower (the TPM cannot
 // lower a counter), never above the booted version. The status file is

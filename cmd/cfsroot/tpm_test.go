@@ -92,3 +92,29 @@ func TestTPMProvisionAndBlessFloor(t *testing.T) {
 		t.Errorf("raise to 100000: %v", err)
 	}
 }
+
+// TestStatusShowsVersions: cfsroot status shows each slot's security version
+// and product, and the floor the init booted with.
+func TestStatusShowsVersions(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "tree.dump")
+	os.WriteFile(src, []byte("/ 4096 40755 2 0 0 0 0.0 - - -\n/etc 4096 40755 2 0 0 0 0.0 - - -\n"), 0o644)
+	repoDir := filepath.Join(dir, "composefs")
+	os.MkdirAll(filepath.Join(repoDir, "images"), 0o755)
+	for name, flags := range map[string][]string{"a": {"--security-version", "3", "--product", "app"}, "b": nil} {
+		args := append(append([]string{"mkimage", "--from-file"}, flags...), src, filepath.Join(repoDir, "images", name+".cfs"))
+		if _, stderr, err := runCmd(t, args...); err != nil {
+			t.Fatalf("mkimage: %v\n%s", err, stderr)
+		}
+	}
+	status := filepath.Join(dir, "status.json")
+	os.WriteFile(status, []byte(`{"image": "a", "rollback": {"version": 3, "floor": 3, "min_version": 1, "nv": 3, "nv_state": "read"}}`), 0o644)
+	out, _, err := runCmd(t, "status", "--repo", repoDir, "--status", status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexpLine(out, "a", "*", "-", "3", "(app)") || !regexpLine(out, "b", "-", "0") ||
+		!strings.Contains(out, "anti-rollback floor at boot: 3 (min_version 1, NV counter 3)\n") {
+		t.Errorf("status:\n%s", out)
+	}
+}
