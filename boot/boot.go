@@ -775,6 +775,16 @@ func (b *Boot) mountUpper(ctx context.Context) (*upper, error) {
 		return nil, &StepError{Step: "upper", File: dev.Path, Err: fmt.Errorf("upper layer: mount %s: %w", dev.Path, err)}
 	}
 	b.Log.Infof("upper", "persistent upper layer on %s", dev)
+	// DIR, DIR/upper and DIR/work are on the attacker's disk: a symlink
+	// among them would be followed from the initramfs' root, outside the
+	// disk, by the checks and by overlayfs alike.
+	p := upperDir
+	for _, part := range append(strings.Split(dir, "/"), "upper", "work") {
+		p = filepath.Join(p, part)
+		if st, err := os.Lstat(p); err == nil && st.Mode()&os.ModeSymlink != 0 {
+			return nil, &StepError{Step: "upper", File: p, Err: errors.New("the persistent upper layer's directory is a symlink; it must be a directory on the disk")}
+		}
+	}
 	return &upper{dir: filepath.Join(upperDir, dir), fsUUID: dev.UUID}, nil
 }
 

@@ -980,6 +980,8 @@ func TestRunUpperPlanted(t *testing.T) {
 		step    string
 		want    string
 		allowed bool
+		// symlinkDir, when set, makes DIR ("state") a symlink to it
+		symlinkDir string
 	}{
 		{name: "sbin/init through the /sbin symlink", plant: map[string]fakeFile{"sbin/init": {data: "evil", mode: 0o755}},
 			step: "upper-check", want: "/sbin, a symlink in the verified image"},
@@ -991,6 +993,8 @@ func TestRunUpperPlanted(t *testing.T) {
 			step: "upper-check", want: "holds /bin on the path"},
 		{name: "the init's symlink target", tree: classic, init: "/sbin/init", plant: map[string]fakeFile{"opt/real-init": {data: "evil", mode: 0o755}},
 			step: "init-check", want: "resolves to opt/real-init, which the persistent upper layer holds"},
+		{name: "DIR a symlink", plant: map[string]fakeFile{"../../state2/x": {data: "x", mode: 0o644}}, symlinkDir: "/",
+			step: "upper", want: "is a symlink"},
 		{name: "a file in /etc", plant: map[string]fakeFile{"etc/motd": {data: "kept", mode: 0o644}}, allowed: true},
 		{name: "a file in a directory on the init's path", tree: classic, init: "/bin/init", plant: map[string]fakeFile{"bin/other": {data: "kept", mode: 0o755}}, allowed: true},
 	} {
@@ -1007,6 +1011,10 @@ func TestRunUpperPlanted(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			if tc.symlinkDir != "" {
+				os.RemoveAll(filepath.Join(h.root, UpperDir, "state"))
+				os.Symlink(tc.symlinkDir, filepath.Join(h.root, UpperDir, "state"))
+			}
 			cfg := baseConfig + `, "upper": "LABEL=data:state"`
 			if tc.init != "" {
 				cfg += `, "init": "` + tc.init + `"`
@@ -1022,8 +1030,8 @@ func TestRunUpperPlanted(t *testing.T) {
 			if !errors.As(err, &se) || se.Step != tc.step || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Run = %v, want step %s: %q", err, tc.step, tc.want)
 			}
-			if tc.step == "upper-check" {
-				h.wantPCR(measure.FailureEvent("upper-check"))
+			if tc.step == "upper-check" || tc.step == "upper" {
+				h.wantPCR(measure.FailureEvent(tc.step))
 				if h.called("overlay", "") {
 					t.Errorf("overlay mounted: %v", h.mounter.calls)
 				}
