@@ -10,9 +10,11 @@
 // # What is measured
 //
 // After the image's signature (or pinned digest) was checked and before
-// anything from the image runs or the IPE policy is loaded, the init extends
-// these events, in this order, into one PCR (DefaultPCR, 15, "system
-// identity" in the UAPI PCR registry; configurable). Each event is a short
+// anything from the image runs, the init extends these events, in this
+// order, into one PCR (DefaultPCR, 15, "system identity" in the UAPI PCR
+// registry; configurable): the image's events before it is mounted, the
+// policy's after the kernel took it, the separator once every check
+// passed. Each event is a short
 // ASCII text; the measured bytes are exactly the text below, without a
 // terminating NUL or newline:
 //
@@ -20,8 +22,15 @@
 //	cfsroot-signer:sha256:FPR          or    cfsroot-signer:pinned-digest
 //	cfsroot-version:PRODUCT:N          (only when the config asks for anti-rollback)
 //	cfsroot-floor:F:nv=STATE           (only when the config asks for anti-rollback)
-//	cfsroot-ipe-policy:sha256:POL      (only when an IPE policy is loaded)
+//	cfsroot-fsverity-signer:sha256:FPR (one per object signer, with fsverity_certs)
+//	cfsroot-upper:DISK:DIR:fs-uuid=U   (only with a persistent upper layer)
+//	cfsroot-ipe-policy:sha256:POL:enforce=E   (only when an IPE policy is loaded)
+//	  or cfsroot-ipe-failed:sha256:POL        (the kernel refused it; ipe_optional)
 //	cfsroot-separator
+//
+// and, when the boot fails at step STEP, instead of what was left:
+//
+//	cfsroot-failure:STEP
 //
 // where
 //
@@ -40,8 +49,15 @@
 //     rootfs/secversion); F is the floor it was checked against, in
 //     decimal, and STATE the NV counter's: off (not used), read (F includes
 //     its value) or missing (rollback_nv optional, and no TPM or counter);
-//   - POL is the SHA-256 of the signed policy file (the attached PKCS#7
-//     .p7s), byte for byte as written to /sys/kernel/security/ipe/new_policy;
+//   - DISK:DIR is the config's upper value and U the filesystem UUID of the
+//     disk found for DISK (as its superblock says);
+//   - POL is the SHA-256 of the signed policy (the attached PKCS#7 .p7s) as
+//     the kernel holds it, read back from securityfs policies/NAME/pkcs7
+//     (byte for byte what was written to new_policy), and E is IPE's
+//     enforce state read back (0 or 1);
+//   - the failure event caps the PCR before the config's on_failure action
+//     runs, so nothing after a failed boot sees a good boot's value or the
+//     reset value it could extend to one;
 //   - the separator closes cfsroot's measurements: anything extended into
 //     the PCR after it came from the booted system.
 //
@@ -74,8 +90,8 @@
 //	 "content_type":"systemd",
 //	 "content":{"string":"<text>","bootId":"...","timestamp":...,"eventType":"<first word of text>"}}
 //
-// with one digest per extended bank. The eventType values ("cfsroot-image",
-// "cfsroot-signer", "cfsroot-ipe-policy", "cfsroot-separator") are cfsroot's
+// with one digest per extended bank. The eventType values (the text up to
+// the first colon: "cfsroot-image", "cfsroot-signer", ...) are cfsroot's
 // own; systemd's tools skip event types they do not know, and, because
 // "string" is exactly the measured text, systemd-pcrlock can check each
 // digest against it. The log survives switch_root because /run moves into
