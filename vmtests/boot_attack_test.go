@@ -253,3 +253,22 @@ func TestBootPersistentUpper(t *testing.T) {
 		}
 	})
 }
+
+// TestBootRunSymlink (issue 12, finding 10): an image whose /run is a
+// symlink (to /var/run) boots: switch_root resolves the mount targets
+// inside the new root, so /run lands on the image's /var/run (moving onto
+// the joined path made mount(2) follow the link from the initramfs' root,
+// where /var/run does not exist), and the booted init finds status.json
+// through the link.
+func TestBootRunSymlink(t *testing.T) {
+	f := bootFixture(t)
+	res := bootCfsroot(t, f, `{"disk": "LABEL=`+diskLabel+`", "slots": ["`+runLinkImage+`"], "tpm": "required"}`)
+	r := res.Require(t, "status", "rootinit-done")
+	var st boot.Status
+	if err := json.Unmarshal([]byte(r["status"].Data["json"]), &st); err != nil {
+		t.Fatalf("status.json: %v", err)
+	}
+	if st.Image != runLinkImage || !st.TPM.Measured {
+		t.Errorf("status.json: %+v", st)
+	}
+}

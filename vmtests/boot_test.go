@@ -30,6 +30,7 @@ const (
 	untrustedImage = "untrusted" // signed by a key the initramfs does not trust
 	unsignedImage  = "nosig"     // no .sig file
 	ramImage       = "ramcopy"   // signed, but left without fs-verity on disk
+	runLinkImage   = "runlink"   // signed; its /run is a symlink to /var/run
 	diskLabel      = "cfsroot-test"
 )
 
@@ -132,6 +133,26 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 	}
 	f.digest = res.Digest
 
+	// The same root with /run a symlink to /var/run (TestBootRunSymlink).
+	runTree := filepath.Join(dir, "tree-runlink")
+	if err := os.CopyFS(runTree, os.DirFS(tree)); err != nil {
+		return nil, err.Error()
+	}
+	os.Remove(filepath.Join(runTree, "run"))
+	os.MkdirAll(filepath.Join(runTree, "var/run"), 0o755)
+	if err := os.Symlink("/var/run", filepath.Join(runTree, "run")); err != nil {
+		return nil, err.Error()
+	}
+	runRoot, err := composefs.FromDir(runTree, &composefs.BuildOptions{Store: store})
+	if err != nil {
+		return nil, err.Error()
+	}
+	var runImg bytes.Buffer
+	runRes, err := composefs.Write(&runImg, runRoot, nil)
+	if err != nil {
+		return nil, err.Error()
+	}
+
 	// Keys and everything the tests boot with live in dir: the vm helpers'
 	// temporary directories end with the test that builds the fixture.
 	certTmp, keyTmp := vm.SigningCert(t, "cfsroot vmtest image signer")
@@ -164,6 +185,8 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 		unsignedImage + ".cfs":      img.Bytes(),
 		ramImage + ".cfs":           img.Bytes(),
 		ramImage + ".cfs.sig":       sig,
+		runLinkImage + ".cfs":       runImg.Bytes(),
+		runLinkImage + ".cfs.sig":   signWith(f.cert, keyPath, runRes.Digest),
 	} {
 		write(t, filepath.Join(images, name), content)
 	}
