@@ -27,7 +27,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 	if c.TrustedCerts != "/etc/cfsroot/certs" || c.DiskFSType != "ext4" || c.Repository != "composefs" ||
 		*c.PCR != 15 || c.TPM != "required" || c.Upper != "none" || c.Init != "/sbin/init" || c.OnFailure != "halt" ||
-		c.MinVersion != 0 || c.Product != "" || c.RollbackNV != "off" || c.NVIndex() != 0x0180cf50 || c.RollbackMeasured() {
+		c.MinVersion != 0 || c.Product != "" || c.RollbackNV != "off" || c.NVIndex() != 0x0180cf50 || c.RollbackMeasured() ||
+		c.RAMCopyMaxMiB != 256 {
 		t.Errorf("defaults: %+v", c)
 	}
 }
@@ -69,6 +70,8 @@ func TestLoadConfigErrors(t *testing.T) {
 		{`{"disk": "LABEL=x", "slots": ["a"], "ipe_policy": "policy.p7s"}`, "absolute path"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "fsverity_certs": "certs"}`, "fsverity_certs \"certs\": want an absolute path"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "upper": "disk"}`, "want none, tmpfs or DISK:DIR"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "ram_copy_max_mib": -1}`, "ram_copy_max_mib -1 is not between 1 and 1048576"},
+		{`{"disk": "LABEL=x", "slots": ["a"], "ram_copy_max_mib": 1048577}`, "ram_copy_max_mib 1048577"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "init": "sbin/init"}`, "absolute path"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "on_failure": "shell"}`, "needs allow_shell"},
 		{`{"disk": "LABEL=x", "slots": ["a"], "disk_timeout": 5}`, "duration must be a string"},
