@@ -931,7 +931,7 @@ func (b *Boot) loadPolicy(ctx context.Context, policy []byte) error {
 			return &StepError{Step: "ipe", File: b.Config.IPEPolicy, Err: err}
 		}
 		st.Error = err.Error()
-		b.Log.Errorf("ipe", "policy not loaded, going on unenforced (ipe_optional): %v", err)
+		b.Log.Errorf("ipe", "policy not loaded, going on without it (ipe_optional): %v", err)
 		return b.extend(ctx, measure.PolicyFailedEvent(policy))
 	}
 	b.Log.Infof("ipe", "policy %s %s active, enforce=%v", h.Name, h.Version, st.Enforced)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/initramfs"
+	"github.com/cfsroot/cfsroot/initramfs/layout"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
@@ -271,4 +272,40 @@ func TestBootRunSymlink(t *testing.T) {
 	if st.Image != runLinkImage || !st.TPM.Measured {
 		t.Errorf("status.json: %+v", st)
 	}
+}
+
+// TestBootIPEMissing (issue 12, finding 3): `lsm=` on an unsigned kernel
+// command line leaves IPE out. With ipe_optional the boot goes on, and
+// what is measured is the distinct cfsroot-ipe-failed event, never the
+// "policy loaded" one (which was measured before the policy was loaded);
+// status.json says the policy is not active.
+func TestBootIPEMissing(t *testing.T) {
+	f := bootFixture(t)
+	cert, key := vm.SigningCert(t, "cfsroot vmtest IPE signer")
+	policy := vm.SignPolicy(t, "policy_name=cfsroot_missing policy_version=0.0.1\nDEFAULT action=ALLOW\n", cert, key)
+	cfg := `{"disk": "LABEL=` + diskLabel + `", "slots": ["default"], "tpm": "required",
+		"ipe_policy": "` + layout.Policy + `", "ipe_enforce": true, "ipe_optional": true}`
+	res := bootWith(t, f, cfg, []initramfs.File{{Src: policy, Dst: layout.Policy}}, nil, "lsm=capability")
+	r := res.Require(t, "status", "pcr", "rootinit-done")
+	var st boot.Status
+	if err := json.Unmarshal([]byte(r["status"].Data["json"]), &st); err != nil {
+		t.Fatalf("status.json: %v", err)
+	}
+	if st.IPE == nil || st.IPE.Active || st.IPE.Enforced || !strings.Contains(st.IPE.Error, "IPE is not available") {
+		t.Errorf("status.json ipe: %+v; want not active, not enforced (no IPE), with the error", st.IPE)
+	}
+	data, err := os.ReadFile(policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := goodEvents(t, f, measure.ImageInfo{})
+	want := []measure.Event{good[0], good[1], measure.PolicyFailedEvent(data), measure.Separator()}
+	var texts []string
+	for _, e := range want {
+		texts = append(texts, e.Data)
+	}
+	if strings.Join(st.TPM.Events, "\n") != strings.Join(texts, "\n") {
+		t.Errorf("measured %q, want %q", st.TPM.Events, texts)
+	}
+	wantPCR(t, pcrOf(t, r["pcr"].Data, ""), want)
 }
