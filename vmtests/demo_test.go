@@ -3,6 +3,7 @@ package vmtests
 import (
 	"bufio"
 	"bytes"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,7 @@ import (
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/vm"
 )
@@ -85,6 +87,12 @@ func TestDemoMinimal(t *testing.T) { runDemo(t, "minimal") }
 
 func runDemo(t *testing.T, root string) {
 	minimal := root == "minimal"
+	// The Debian root runs in IPE's signature mode (every object enabled
+	// with a builtin signature, one policy rule); the minimal root keeps
+	// the digest mode, so both are shown. CFSROOT_DEMO_IPE=0 boots the
+	// Debian root with unsigned objects and no policy (the reference for
+	// the boot time).
+	sigMode := !minimal && os.Getenv("CFSROOT_DEMO_IPE") != "0"
 	k := vm.RequireKernel(t)
 	vm.RequireTools(t, "swtpm", "mkfs.ext4", "openssl", "fsverity", "cp")
 	start := time.Now()
@@ -119,6 +127,18 @@ func runDemo(t *testing.T, root string) {
 	} else {
 		runCmd(t, "cp", "-a", root, tree)
 		installReporter(t, tree, reporter)
+		if sigMode {
+			// A program whose object a stranger signs (see below): /usr/bin/true
+			// with a trailer, so its object is its own.
+			tb, err := os.ReadFile(filepath.Join(tree, "usr/bin/true"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			write(t, filepath.Join(tree, demoStranger), append(tb, "\ncfsroot demo: signed by a stranger\n"...))
+			if err := os.Chmod(filepath.Join(tree, demoStranger), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	// A file whose object will be damaged on the disk (see below).
 	write(t, filepath.Join(tree, demoTampered), demoTamperedContent)
@@ -129,6 +149,11 @@ func runDemo(t *testing.T, root string) {
 	os.MkdirAll(keys, 0o700)
 	signCert, signKey := demoCert(t, keys, "image-signer", demoSignerCN)
 	policyCert, policyKey := demoCert(t, keys, "ipe-signer", demoPolicyCN)
+	var objCert, objKey, strangerCert, strangerKey string
+	if sigMode {
+		objCert, objKey = demoCert(t, keys, "object-signer", demoObjectCN)
+		strangerCert, strangerKey = demoCert(t, keys, "stranger", "cfsroot demo stranger (not trusted)")
+	}
 
 	// 4. Image and object store, laid out as on the target disk.
 	t0 = time.Now()
@@ -148,7 +173,9 @@ func runDemo(t *testing.T, root string) {
 	// Damage one object after the image was made and signed, keeping its
 	// size: the disk now holds content the image does not describe, as after
 	// an offline attack on the disk. Provisioning enables fs-verity on the
-	// damaged content, so only overlayfs' verity=require check can catch it.
+	// damaged content, so only overlayfs' verity=require check can catch it
+	// (in the signature mode, the kernel already refuses the object's
+	// signature for the damaged content when provisioning enables it).
 	d, err := verity.DigestReader(bytes.NewReader(demoTamperedContent), verity.Params{})
 	if err != nil {
 		t.Fatal(err)
@@ -160,12 +187,28 @@ func runDemo(t *testing.T, root string) {
 	say("image %s: %s, %d objects", img, digest, nObjects)
 	phase("cfsroot mkimage --digest-store", t0)
 
+	var strangerObj, tamperedObj string
+	if sigMode {
+		t0 = time.Now()
+		out, _ := tool("sign-objects", "--key", objKey, "--cert", objCert, "--store", objects, img)
+		say("cfsroot sign-objects: %s", strings.TrimSpace(out))
+		phase("cfsroot sign-objects", t0)
+		sd, err := verity.DigestFile(filepath.Join(tree, demoStranger), verity.Params{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		strangerObj = composefs.ObjectPath(sd.Sum)
+		p := filepath.Join(objects, strangerObj)
+		tool("sign", "--key", strangerKey, "--cert", strangerCert, p, p+".sig")
+		tamperedObj = composefs.ObjectPath(d.Sum)
+	}
+
 	tool("sign", "--key", signKey, "--cert", signCert, img, img+".sig")
 	verifyOut, _ := tool("verify", "--trusted", signCert, "--sig", img+".sig", img)
 	say("cfsroot verify: %s", strings.TrimSpace(verifyOut))
 
 	// 5. IPE policy for the image's executables, if the kernel can take it.
-	policy, ipeSkip := demoPolicy(t, cfsroot, img, objects, policyCert, policyKey)
+	policy, ipeSkip := demoPolicy(t, cfsroot, img, objects, policyCert, policyKey, sigMode)
 	if ipeSkip != "" {
 		say("IPE SKIPPED: %s", ipeSkip)
 	}
@@ -174,6 +217,9 @@ func runDemo(t *testing.T, root string) {
 	predictArgs := []string{"pcr", "predict", "--image", img, "--sig", img + ".sig", "--trusted", signCert}
 	if policy != "" {
 		predictArgs = append(predictArgs, "--policy", policy, "--ipe-enforce")
+	}
+	if sigMode {
+		predictArgs = append(predictArgs, "--fsverity-signers", objCert)
 	}
 	out, _ = tool(predictArgs...)
 	predicted := parsePredict(t, out)
@@ -199,6 +245,9 @@ func runDemo(t *testing.T, root string) {
 		cfg["ipe_policy"] = "image"
 		cfg["ipe_enforce"] = true
 	}
+	if sigMode {
+		cfg["fsverity_certs"] = "/etc/cfsroot/fsverity-certs"
+	}
 	cfgJSON, _ := json.MarshalIndent(cfg, "", "  ")
 	cfgPath := write(t, filepath.Join(work, "config.json"), cfgJSON)
 	initrd := filepath.Join(work, "initramfs.img")
@@ -206,9 +255,13 @@ func runDemo(t *testing.T, root string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, filepath.Join(repo, "mkinitramfs.sh"), "-q", "-o", initrd, "-init", initBin,
+	mkArgs := []string{"-q", "-o", initrd, "-init", initBin,
 		"-kernel-modules", k.Modules, "-modules", strings.Join(vm.BootModules, ","),
-		"-cert", signCert, "-config", cfgPath)
+		"-cert", signCert, "-config", cfgPath}
+	if sigMode {
+		mkArgs = append(mkArgs, "-fsverity-cert", objCert)
+	}
+	runCmd(t, filepath.Join(repo, "mkinitramfs.sh"), mkArgs...)
 	phase("mkinitramfs.sh", t0)
 
 	// 8. The disk: ext4 with 4 KiB blocks and the verity feature.
@@ -218,6 +271,10 @@ func runDemo(t *testing.T, root string) {
 	size := fmt.Sprintf("%dM", dirMiB(t, disk)*3/2+64)
 	runCmd(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "verity", "-L", demoLabel, "-d", disk, diskImg, size)
 	phase("mkfs.ext4 -O verity -d ("+size+")", t0)
+	disks := []string{diskImg}
+	if sigMode {
+		disks = append(disks, demoScratch(t, cfsroot, work, tree, objCert, objKey, strangerCert, strangerKey, policyCert, policyKey))
+	}
 
 	// 10. The boot.
 	t0 = time.Now()
@@ -225,7 +282,7 @@ func runDemo(t *testing.T, root string) {
 	// Through UEFI firmware (OVMF): systemd-analyze pcrs wants a TPM the
 	// firmware announces, as on real hardware, and IPE's policy signer is
 	// enrolled in its db.
-	opts := vm.Options{Name: "demo-boot", Kernel: k.Image, Initramfs: initrd, Disks: []string{diskImg},
+	opts := vm.Options{Name: "demo-boot", Kernel: k.Image, Initramfs: initrd, Disks: disks,
 		TPM: true, OVMF: true, Timeout: 20 * time.Minute, Memory: 1536,
 		Append: []string{"systemd.show_status=1"}}
 	if policy != "" {
@@ -253,7 +310,15 @@ func runDemo(t *testing.T, root string) {
 	}
 	c.check("image digest (status.json = mkimage = fsverity digest)", st.Digest == digest && st.DigestSource == "kernel",
 		"%s from %s", st.Digest, st.DigestSource)
-	if p := st.Provision; p != nil {
+	if p := st.Provision; p != nil && sigMode {
+		// The kernel checked every object's builtin signature as the init
+		// enabled it: only the damaged object's and the stranger's failed.
+		c.check("first boot enabled fs-verity on the image and every object with its signature (provision_verity); "+
+			"the kernel refused only the damaged object (signature does not match) and the stranger's (signer not in the keyring)",
+			p.Images == 1 && p.Objects == nObjects-2 && len(p.Errors) == 2 &&
+				hasError(p.Errors, tamperedObj, "does not match the file's digest") && hasError(p.Errors, strangerObj, "not in the .fs-verity keyring"),
+			"%d image, %d objects in %d ms; refused: %q", p.Images, p.Objects, p.MS, p.Errors)
+	} else if p != nil {
 		c.check("first boot enabled fs-verity on the image and every object (provision_verity)",
 			p.Images == 1 && p.Objects == nObjects && len(p.Errors) == 0,
 			"%d image, %d objects in %d ms", p.Images, p.Objects, p.MS)
@@ -265,6 +330,11 @@ func runDemo(t *testing.T, root string) {
 	tr, ok := res.Result("read-tampered")
 	c.check("an object changed on disk after signing reads as EIO", ok && strings.Contains(tr.Error, "input/output error"),
 		"%s: %s", demoTampered, orOK(tr.Error))
+	if sigMode {
+		want := signature.Fingerprint(mustCert(t, objCert))
+		c.check("the init put the object signer into the .fs-verity keyring and locked it", len(st.FsveritySigners) == 1 &&
+			st.FsveritySigners[0].SHA256 == want, "%v", st.FsveritySigners)
+	}
 	mi := r["root-mount"].Data["mountinfo"]
 	c.check("root is overlay, verity=require, upper "+upper, strings.Contains(mi, " overlay ") &&
 		strings.Contains(mi, "verity=require") && st.Upper == upper, "%s", lastFields(mi, 3))
@@ -353,6 +423,32 @@ func runDemo(t *testing.T, root string) {
 		c.check("IPE denies a copy of it outside the image", strings.Contains(rr.Data["error"], "permission denied"),
 			"%s: %s", rr.Data["path"], rr.Data["error"])
 	}
+	var bench map[string]string
+	if sigMode {
+		s, _ := res.Result("ipe-signature")
+		d := s.Data
+		c.check("signature mode: a copy of /usr/bin/true on tmpfs is denied", d["tmpfs-copy"] == "EACCES", "%s", d["tmpfs-copy"])
+		c.check("signature mode: a file on the verity ext4 with fs-verity but no signature is denied",
+			d["unsigned-enable"] == "OK" && d["unsigned-exec"] == "EACCES", "enable %s, exec %s", d["unsigned-enable"], d["unsigned-exec"])
+		c.check("signature mode: a file signed by a key not in the keyring cannot be enabled (and is denied)",
+			d["stranger-enable"] == "ENOKEY" && d["stranger-exec"] == "EACCES", "enable %s, exec %s", d["stranger-enable"], d["stranger-exec"])
+		c.check("signature mode: the image's object signed by that key cannot be opened",
+			d["stranger-object-exec"] == "EIO" && d["stranger-object-read"] == "EIO", "exec %s, read %s", d["stranger-object-exec"], d["stranger-object-read"])
+		c.check("signature mode: a file signed by the trusted key, enabled after boot, runs",
+			d["signed-enable"] == "OK" && d["signed-exec"] == "OK", "enable %s, exec %s", d["signed-enable"], d["signed-exec"])
+		c.check("signature mode: root cannot add a key to the locked .fs-verity keyring", d["add-key"] != "OK" && d["add-key"] != "",
+			"add_key: %s", d["add-key"])
+		b, _ := res.Result("ipe-exec-bench")
+		bench = b.Data
+		t.Logf("demo: exec latency of /usr/bin/true: %v (%s)", b.Data, b.Error)
+	}
+	if bt, ok := res.Result("boot-time"); ok {
+		start, err1 := strconv.ParseFloat(bt.Data["init_start"], 64)
+		up, err2 := strconv.ParseFloat(bt.Data["uptime"], 64)
+		if err1 == nil && err2 == nil {
+			timings = append(timings, fmt.Sprintf("%-34s %.1fs (kernel clock)", "guest: init start to running", up-start))
+		}
+	}
 	if res.End != vm.PowerOff {
 		c.check("the booted system powered the machine off", false, "VM ended with %s (console %s)", res.End, res.LogFile)
 	}
@@ -368,7 +464,21 @@ func runDemo(t *testing.T, root string) {
 		fmt.Fprintf(&b, "PCR 15 %-9s %s\n", bank, predicted[bank])
 	}
 	if policy != "" && st.IPE != nil {
+		mode := "digest mode: one fsverity_digest rule per executable object"
+		if sigMode {
+			mode = "signature mode: op=EXECUTE fsverity_signature=TRUE action=ALLOW"
+		}
 		fmt.Fprintf(&b, "IPE policy       %s %s (sha256 %s), active=%v enforced=%v\n", st.IPE.Policy, st.IPE.Version, st.IPE.SHA256, st.IPE.Active, st.IPE.Enforced)
+		fmt.Fprintf(&b, "                 %s\n", mode)
+		for _, s := range st.FsveritySigners {
+			fmt.Fprintf(&b, "object signer    %s  sha256:%s\n", s.Subject, s.SHA256)
+		}
+		if e, a := bench["enforced_ns"], bench["allow_all_ns"]; e != "" && a != "" {
+			en, _ := strconv.ParseFloat(e, 64)
+			an, _ := strconv.ParseFloat(a, 64)
+			fmt.Fprintf(&b, "exec /usr/bin/true  %.0f µs enforced, %.0f µs allow-all policy: ratio %.3f (median of %s and %s runs)\n",
+				en/1e3, an/1e3, en/an, bench["enforced_runs"], bench["allow_all_runs"])
+		}
 	} else {
 		fmt.Fprintf(&b, "IPE policy       not loaded: %s\n", ipeSkip)
 	}
@@ -457,6 +567,65 @@ func installReporter(t *testing.T, tree, reporter string) {
 	}
 }
 
+// demoStranger is a program of the Debian demo root (signature mode) whose
+// object is signed by a key the init does not trust.
+const demoStranger = "/usr/local/bin/cfsroot-stranger"
+
+const (
+	demoObjectCN  = "cfsroot demo object signer"
+	scratchLabel  = "cfsroot-scratch"
+	demoAllowAllV = "0.0.2"
+)
+
+// demoScratch makes the signature mode's second disk (see
+// vmtests/internal/demoguest/signature.go): copies of /usr/bin/true
+// unsigned, signed by the object signer and signed by the stranger, the
+// stranger's certificate, and an allow-all IPE policy for the timing.
+func demoScratch(t *testing.T, cfsroot, work, tree, objCert, objKey, strangerCert, strangerKey, policyCert, policyKey string) string {
+	t.Helper()
+	dir := filepath.Join(work, "scratch")
+	os.RemoveAll(dir)
+	trueBin, err := os.ReadFile(filepath.Join(tree, "usr/bin/true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"unsigned-true", "signed-true", "stranger-true"} {
+		write(t, filepath.Join(dir, n), trueBin)
+		if err := os.Chmod(filepath.Join(dir, n), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runTool(t, cfsroot, "sign", "--key", objKey, "--cert", objCert, filepath.Join(dir, "signed-true"), filepath.Join(dir, "signed-true.sig"))
+	runTool(t, cfsroot, "sign", "--key", strangerKey, "--cert", strangerCert, filepath.Join(dir, "stranger-true"), filepath.Join(dir, "stranger-true.sig"))
+	runCmd(t, "openssl", "x509", "-in", strangerCert, "-outform", "der", "-out", filepath.Join(dir, "stranger.der"))
+	txt := filepath.Join(work, "ipe-allow-all.txt")
+	write(t, txt, []byte("policy_name=cfsroot_demo_allow_all policy_version="+demoAllowAllV+"\nDEFAULT action=ALLOW\n"))
+	runTool(t, cfsroot, "policy", "sign", "--key", policyKey, "--cert", policyCert, txt, filepath.Join(dir, "ipe-allow-all.p7s"))
+	img := filepath.Join(work, "scratch.img")
+	os.Remove(img)
+	runCmd(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "verity", "-L", scratchLabel, "-d", dir, img, "16M")
+	return img
+}
+
+// hasError tells whether one of errs names object and says what.
+func hasError(errs []string, object, what string) bool {
+	for _, e := range errs {
+		if strings.Contains(e, object) && strings.Contains(e, what) {
+			return true
+		}
+	}
+	return false
+}
+
+func mustCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	c, err := signature.LoadCertificate(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // demoTampered is a file of the demo root whose object the test damages.
 const demoTampered = "/usr/share/cfsroot-demo/tampered.txt"
 
@@ -504,13 +673,21 @@ func demoCert(t *testing.T, dir, name, cn string) (cert, key string) {
 // (composefs/images/NAME.ipe.p7s). It returns the signed policy, or "" and
 // why IPE is skipped: the kernel parses at most 65535 bytes of PKCS#7
 // (about 572 rules), and `cfsroot policy sign` refuses larger policies.
-func demoPolicy(t *testing.T, cfsroot, img, objects, cert, key string) (string, string) {
+func demoPolicy(t *testing.T, cfsroot, img, objects, cert, key string, sigMode bool) (string, string) {
 	t.Helper()
 	if os.Getenv("CFSROOT_DEMO_IPE") == "0" {
 		return "", "CFSROOT_DEMO_IPE=0"
 	}
 	txt := strings.TrimSuffix(img, ".cfs") + ".ipe.txt"
-	_, warn := runTool(t, cfsroot, "policy", "generate", "--store", objects, "--name", "cfsroot_demo", "--version", "0.0.1", "-o", txt, img)
+	var warn string
+	if sigMode {
+		_, warn = runTool(t, cfsroot, "policy", "generate", "--mode", "signature", "--name", "cfsroot_demo", "--version", "0.0.1", "-o", txt, img)
+		if strings.Contains(warn, "stored inline") {
+			t.Fatalf("cfsroot policy generate --mode signature: the image has inline executables (mkimage --external-exec should prevent it):\n%s", warn)
+		}
+	} else {
+		_, warn = runTool(t, cfsroot, "policy", "generate", "--store", objects, "--name", "cfsroot_demo", "--version", "0.0.1", "-o", txt, img)
+	}
 	signed := strings.TrimSuffix(img, ".cfs") + ".ipe.p7s"
 	cmdOut, err := exec.Command(cfsroot, "policy", "sign", "--key", key, "--cert", cert, txt, signed).CombinedOutput()
 	if err != nil {

@@ -53,6 +53,7 @@ func main() {
 	// is-system-running --wait returns once every other job is.
 	state, err := command(10*time.Minute, "systemctl", "is-system-running", "--wait")
 	guest.Check(out, "system-state", map[string]string{"state": strings.TrimSpace(state)}, nil)
+	reportBootTime(out)
 	_ = err // is-system-running exits non-zero for "degraded": the host judges the state
 
 	failed, err := command(time.Minute, "systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager")
@@ -86,6 +87,7 @@ func main() {
 	guest.Check(out, "pcrlock-log", map[string]string{"stdout": pcrlock, "stderr": pcrlockErr}, err)
 
 	reportIPE(out)
+	reportSignatureMode(out)
 
 	journal, _ := command(time.Minute, "journalctl", "-b", "--no-pager", "-q", "-p", "warning", "-o", "short-monotonic")
 	guest.Check(out, "journal-warnings", map[string]string{"text": tail(journal, 60)}, nil)

@@ -5,6 +5,15 @@
 // composefs/, one per line) are left alone: tests use them for objects that
 // must lack fs-verity. It reports each image's measured digest as a marker
 // line and powers off.
+//
+// If the initramfs holds object signers' certificates
+// (layout.FsverityCertDir), it adds them to the .fs-verity keyring (and
+// locks it, as the cfsroot init does) and enables every file that has a
+// builtin signature beside it (objsig.Path) with that signature; files
+// without one (the images) are enabled without. A signed enable the kernel
+// refuses (a signer outside the keyring, content that is not what was
+// signed) is reported as a "provision-refused" marker and the file is left
+// without fs-verity.
 package main
 
 import (
@@ -21,6 +30,8 @@ import (
 	"github.com/cfsroot/cfsroot/boot"
 	"github.com/cfsroot/cfsroot/initramfs/kmod"
 	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
+	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/guest"
 )
@@ -63,9 +74,20 @@ func provision() error {
 			skip[filepath.Join("/mnt/composefs", l)] = true
 		}
 	}
-	n := 0
+	signed := false
+	if _, err := os.Stat(layout.FsverityCertDir); err == nil {
+		ts, err := signature.LoadTrustStore(layout.FsverityCertDir)
+		if err != nil {
+			return err
+		}
+		if err := objsig.TrustSigners(ts.Certificates()); err != nil {
+			return err
+		}
+		signed = true
+	}
+	n, refused := 0, 0
 	err = filepath.WalkDir("/mnt/composefs", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || skip[p] {
+		if err != nil || !d.Type().IsRegular() || skip[p] || (signed && strings.HasSuffix(p, objsig.Suffix)) {
 			return err
 		}
 		f, err := os.Open(p)
@@ -73,7 +95,16 @@ func provision() error {
 			return err
 		}
 		defer f.Close()
-		if err := verity.Enable(f, verity.Params{}, nil); err != nil && !errors.Is(err, unix.EEXIST) {
+		sig, sigErr := os.ReadFile(objsig.Path(p))
+		if signed && sigErr == nil {
+			if err := verity.EnableSigned(f, sig); err != nil {
+				var errno unix.Errno
+				errors.As(err, &errno)
+				guest.Check(os.Stdout, "provision-refused", map[string]string{"path": strings.TrimPrefix(p, "/mnt/"), "errno": unix.ErrnoName(errno)}, err)
+				refused++
+				return nil
+			}
+		} else if err := verity.Enable(f, verity.Params{}, nil); err != nil && !errors.Is(err, unix.EEXIST) {
 			return err
 		}
 		d2, err := verity.Measure(f)
@@ -89,7 +120,7 @@ func provision() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("provision: fs-verity enabled on %d files\n", n)
+	fmt.Printf("provision: fs-verity enabled on %d files (signed: %v), %d refused\n", n, signed, refused)
 	return nil
 }
 

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cfsroot/cfsroot/rootfs/ipe"
+	"github.com/cfsroot/cfsroot/rootfs/objsig"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
+	"github.com/cfsroot/cfsroot/vmtests/guest"
+)
+
+// The signature mode of the Debian demo (vmtests/demo_test.go): a second
+// disk, an ext4 with the verity feature labelled ScratchLabel, holds
+//
+//	unsigned-true                 a copy of /usr/bin/true (fs-verity enabled here, no signature)
+//	signed-true, signed-true.sig  another copy, signed by the demo's object signer
+//	stranger-true, .sig           another copy, signed by a key the init did not trust
+//	stranger.der                  that key's certificate
+//	ipe-allow-all.p7s             a signed policy allowing everything (for the timing)
+//
+// and the image holds StrangerObject, whose object carries the stranger's
+// signature.
+const (
+	ScratchLabel   = "cfsroot-scratch"
+	StrangerObject = "/usr/local/bin/cfsroot-stranger"
+	scratchMount   = "/run/cfsroot-scratch"
+)
+
+// reportSignatureMode runs the signature mode's checks, then times a
+// dynamically linked program's execution under the enforced signature
+// policy and under an allow-all policy, which it activates last (the demo
+// powers off right after).
+func reportSignatureMode(out io.Writer) {
+	dev := "/dev/disk/by-label/" + ScratchLabel
+	if _, err := os.Stat(dev); err != nil {
+		return // not the signature mode
+	}
+	d := map[string]string{}
+	run := func(name, prog string) { d[name] = errName(execute(prog)) }
+
+	// A copy of /usr/bin/true on tmpfs: no fs-verity, no signature.
+	const tmpCopy = "/run/cfsroot-true-copy"
+	err := copyFile("/usr/bin/true", tmpCopy)
+	d["tmpfs-copy"] = errName(err)
+	if err == nil {
+		run("tmpfs-copy", tmpCopy)
+	}
+	if err := os.MkdirAll(scratchMount, 0o755); err != nil {
+		guest.Check(out, "ipe-signature", d, err)
+		return
+	}
+	if err := unix.Mount(dev, scratchMount, "ext4", unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		guest.Check(out, "ipe-signature", d, fmt.Errorf("mount %s: %w", dev, err))
+		return
+	}
+	p := func(name string) string { return filepath.Join(scratchMount, name) }
+	// fs-verity on the verity ext4, without a signature.
+	d["unsigned-enable"] = errName(enable(p("unsigned-true"), nil))
+	run("unsigned-exec", p("unsigned-true"))
+	// Signed by a key outside the (locked) .fs-verity keyring.
+	sig, err := os.ReadFile(objsig.Path(p("stranger-true")))
+	if err == nil {
+		err = enable(p("stranger-true"), sig)
+	}
+	d["stranger-enable"] = errName(err)
+	run("stranger-exec", p("stranger-true"))
+	// The image's object signed by the stranger: provisioning could not
+	// enable fs-verity on it, so the verity=require overlay refuses it.
+	run("stranger-object-exec", StrangerObject)
+	_, err = os.ReadFile(StrangerObject)
+	d["stranger-object-read"] = errName(err)
+	// Signed by the trusted object signer: enabled and run here, after boot.
+	sig, err = os.ReadFile(objsig.Path(p("signed-true")))
+	if err == nil {
+		err = enable(p("signed-true"), sig)
+	}
+	d["signed-enable"] = errName(err)
+	run("signed-exec", p("signed-true"))
+	// The keyring is locked: root cannot add the stranger.
+	der, err := os.ReadFile(p("stranger.der"))
+	if err == nil {
+		var ring int
+		if ring, err = objsig.FindKeyring(objsig.KeyringName); err == nil {
+			_, err = unix.AddKey("asymmetric", "", der, ring)
+		}
+	}
+	d["add-key"] = errName(err)
+	guest.Check(out, "ipe-signature", d, nil)
+
+	// Exec latency of /usr/bin/true (dynamically linked: IPE checks the
+	// program, the loader and every library it maps executable) under the
+	// enforced signature policy, then under an allow-all policy.
+	b := map[string]string{}
+	enforced, n1, err := timeExec("/usr/bin/true")
+	b["enforced_ns"], b["enforced_runs"] = strconv.FormatInt(enforced.Nanoseconds(), 10), strconv.Itoa(n1)
+	if err == nil {
+		var signed []byte
+		if signed, err = os.ReadFile(p("ipe-allow-all.p7s")); err == nil {
+			_, err = ipe.Load(ipe.DefaultDir, signed, true)
+		}
+	}
+	if err == nil {
+		var allowAll time.Duration
+		var n2 int
+		allowAll, n2, err = timeExec("/usr/bin/true")
+		b["allow_all_ns"], b["allow_all_runs"] = strconv.FormatInt(allowAll.Nanoseconds(), 10), strconv.Itoa(n2)
+	}
+	guest.Check(out, "ipe-exec-bench", b, err)
+}
+
+func enable(path string, sig []byte) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if sig == nil {
+		return verity.Enable(f, verity.Params{}, nil)
+	}
+	return verity.EnableSigned(f, sig)
+}
+
+// execute runs prog without arguments and waits for it.
+func execute(prog string) error {
+	pid, err := syscall.ForkExec(prog, []string{prog}, &syscall.ProcAttr{Env: []string{}})
+	if err != nil {
+		return err
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
+		return err
+	}
+	if !ws.Exited() || ws.ExitStatus() != 0 {
+		return fmt.Errorf("%s ended with status %v", prog, ws)
+	}
+	return nil
+}
+
+// timeExec returns the median time of executing prog: at least 50 runs
+// and 5 seconds (at most 3000 runs), after 10 runs to warm the caches.
+func timeExec(prog string) (time.Duration, int, error) {
+	for range 10 {
+		if err := execute(prog); err != nil {
+			return 0, 0, err
+		}
+	}
+	var ds []time.Duration
+	start := time.Now()
+	for len(ds) < 3000 && (len(ds) < 50 || time.Since(start) < 5*time.Second) {
+		t0 := time.Now()
+		if err := execute(prog); err != nil {
+			return 0, len(ds), err
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2], len(ds), nil
+}
+
+// errName is "OK", the errno's name, or the error's text.
+func errName(err error) string {
+	var errno unix.Errno
+	switch {
+	case err == nil:
+		return "OK"
+	case errors.As(err, &errno):
+		return unix.ErrnoName(errno)
+	}
+	return err.Error()
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
+}
+
+// reportBootTime reports the kernel's time when it started the init
+// ("Run /init as init process" in the kernel log) and the uptime now, right
+// after systemd reported the boot finished.
+func reportBootTime(out io.Writer) {
+	up, err := os.ReadFile("/proc/uptime")
+	d := map[string]string{"uptime": strings.Fields(string(up) + " ")[0]}
+	if err == nil {
+		var klog string
+		klog, err = command(time.Minute, "dmesg")
+		for _, l := range strings.Split(klog, "\n") {
+			if strings.Contains(l, "Run /init as init process") {
+				if i := strings.Index(l, "]"); strings.HasPrefix(l, "[") && i > 0 {
+					d["init_start"] = strings.TrimSpace(l[1:i])
+				}
+			}
+		}
+	}
+	guest.Check(out, "boot-time", d, err)
+}
