@@ -907,6 +907,12 @@ func (b *Boot) checkInit(up *upper) error {
 				Err: fmt.Errorf("the init %s resolves to %s, which the persistent upper layer holds; it must come from the verified image", b.Config.Init, resolved)}
 		}
 	}
+	if b.Config.FsverityCerts != "" {
+		// In the signature mode an object whose signer is not in the
+		// keyring cannot even be opened: say so here, while the boot can
+		// still fail cleanly, rather than as a bare EIO from exec.
+		return ReadInit(b.Env.path(NewRoot), b.Config.Init)
+	}
 	return nil
 }
 

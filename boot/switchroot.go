@@ -87,6 +87,23 @@ func moveTargets(newRoot string) (map[string]int, error) {
 // earlyDirs are the mounts handed over to the new root.
 var earlyDirs = []string{"/dev", "/proc", "/sys", "/run"}
 
+// ReadInit reads the first bytes of init in newRoot (symlinks resolved
+// inside it), through the overlay: that opens its object, which fails when
+// the object has no fs-verity or, in IPE's signature mode, a builtin
+// signature from a key the .fs-verity keyring does not hold.
+func ReadInit(newRoot, init string) error {
+	fd, err := openInRoot(newRoot, init, unix.O_RDONLY|unix.O_NONBLOCK)
+	if err == nil {
+		var b [4]byte
+		_, err = unix.Read(fd, b[:])
+		unix.Close(fd)
+	}
+	if err != nil {
+		return fmt.Errorf("switch_root: init %s cannot be read: %w (its object lacks fs-verity, or its builtin signature is by a key not in fsverity_certs; the kernel's fs-verity message above says which)", init, err)
+	}
+	return nil
+}
+
 // SwitchRoot makes newRoot the root and executes init in it as PID 1:
 // it moves /dev, /proc, /sys and /run into newRoot (each target resolved
 // inside newRoot), frees the initramfs (deleting its files, which live in
