@@ -9,8 +9,8 @@
 // If the initramfs holds object signers' certificates
 // (layout.FsverityCertDir), it adds them to the .fs-verity keyring (and
 // locks it, as the cfsroot init does) and enables every file that has a
-// builtin signature beside it (objsig.Path) with that signature; files
-// without one (the images) are enabled without. A signed enable the kernel
+// builtin signature beside it (objsig.Path) with that signature; other
+// files (the images, whose .sig is for the init) are enabled without. A signed enable the kernel
 // refuses (a signer outside the keyring, content that is not what was
 // signed) is reported as a "provision-refused" marker and the file is left
 // without fs-verity.
@@ -95,8 +95,9 @@ func provision() error {
 			return err
 		}
 		defer f.Close()
+		// Objects only: an image's NAME.cfs.sig is the init's, not a builtin signature.
 		sig, sigErr := os.ReadFile(objsig.Path(p))
-		if signed && sigErr == nil {
+		if signed && sigErr == nil && strings.HasPrefix(p, "/mnt/composefs/objects/") {
 			if err := verity.EnableSigned(f, sig); err != nil {
 				var errno unix.Errno
 				errors.As(err, &errno)
