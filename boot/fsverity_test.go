@@ -15,6 +15,7 @@ import (
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
+	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
 
 // TestRunFsveritySigners: with fsverity_certs, the init hands the object
@@ -89,25 +90,7 @@ func TestRunProvisionSigned(t *testing.T) {
 	for i := range 3 {
 		os.WriteFile(filepath.Join(tree, fmt.Sprintf("file%d", i)), bytes.Repeat([]byte{byte('a' + i)}, 100), 0o644)
 	}
-	store, err := composefs.OpenStore(filepath.Join(h.repoDir(), "objects"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := composefs.FromDir(tree, &composefs.BuildOptions{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var img bytes.Buffer
-	res, err := composefs.Write(&img, root, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig, err := signature.SignDigest(res.Digest, h.key, h.cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.write(strings.TrimPrefix(h.imagePath("default"), h.root), img.Bytes(), 0o444)
-	h.write(strings.TrimPrefix(h.imagePath("default"), h.root)+".sig", sig, 0o444)
+	store, _ := h.addStoreImage("default", tree)
 	var objects []string
 	filepath.Walk(store.Dir(), func(p string, info os.FileInfo, err error) error {
 		if info.Mode().IsRegular() {
@@ -153,4 +136,31 @@ func TestRunProvisionSigned(t *testing.T) {
 	if p := st.Provision; p == nil || p.Objects != 2 || len(p.Errors) != 1 || !strings.Contains(p.Errors[0], "no builtin signature") {
 		t.Errorf("provision status %+v", p)
 	}
+}
+
+// addStoreImage builds image NAME of tree with its objects in the
+// repository's store, signs it with h's key, and returns the store and the
+// image's digest.
+func (h *hostEnv) addStoreImage(name, tree string) (*composefs.Store, verity.Digest) {
+	h.t.Helper()
+	store, err := composefs.OpenStore(filepath.Join(h.repoDir(), "objects"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	root, err := composefs.FromDir(tree, &composefs.BuildOptions{Store: store})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var img bytes.Buffer
+	res, err := composefs.Write(&img, root, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	sig, err := signature.SignDigest(res.Digest, h.key, h.cert)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.write(strings.TrimPrefix(h.imagePath(name), h.root), img.Bytes(), 0o444)
+	h.write(strings.TrimPrefix(h.imagePath(name), h.root)+".sig", sig, 0o444)
+	return store, res.Digest
 }

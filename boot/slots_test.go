@@ -12,9 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/repo"
-	"github.com/cfsroot/cfsroot/rootfs/signature"
 )
 
 const abConfig = `{"disk": "LABEL=cfsroot-host", "slots": ["a", "b"], "tpm": "optional"`
@@ -176,25 +174,7 @@ func TestRunProvisionVerity(t *testing.T) {
 		os.WriteFile(filepath.Join(tree, fmt.Sprintf("file%d", i)), bytes.Repeat([]byte(c), 20), 0o644)
 	}
 	os.WriteFile(filepath.Join(tree, "sbin/init"), bytes.Repeat([]byte("#!/bin/true\n"), 10), 0o755)
-	store, err := composefs.OpenStore(filepath.Join(h.repoDir(), "objects"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := composefs.FromDir(tree, &composefs.BuildOptions{Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var img bytes.Buffer
-	res, err := composefs.Write(&img, root, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig, err := signature.SignDigest(res.Digest, h.key, h.cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.write(strings.TrimPrefix(h.imagePath("default"), h.root), img.Bytes(), 0o444)
-	h.write(strings.TrimPrefix(h.imagePath("default"), h.root)+".sig", sig, 0o444)
+	store, digest := h.addStoreImage("default", tree)
 	var objects []string
 	filepath.Walk(store.Dir(), func(p string, info os.FileInfo, err error) error {
 		if info.Mode().IsRegular() {
@@ -228,7 +208,7 @@ func TestRunProvisionVerity(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, h.console.String())
 	}
-	if st.Digest != res.Digest.String() || st.Provision == nil || st.Provision.Images != 1 || st.Provision.Objects != 3 || len(st.Provision.Errors) != 0 {
+	if st.Digest != digest.String() || st.Provision == nil || st.Provision.Images != 1 || st.Provision.Objects != 3 || len(st.Provision.Errors) != 0 {
 		t.Errorf("status digest %s provision %+v", st.Digest, st.Provision)
 	}
 	if len(enabled) != 4 {

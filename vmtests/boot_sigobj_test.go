@@ -130,4 +130,3 @@ func signDigestTB(t *testing.T, d verity.Digest, keyPath, certPath string) []byt
 	}
 	return sig
 }
-

@@ -158,22 +158,7 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 	certTmp, keyTmp := vm.SigningCert(t, "cfsroot vmtest image signer")
 	keyPath := keep(t, dir, keyTmp)
 	f.cert = keep(t, dir, certTmp)
-	signWith := func(certPath, keyPath string, d verity.Digest) []byte {
-		key, err := signature.LoadKey(keyPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := signature.LoadCertificate(certPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig, err := signature.SignDigest(d, key, cert)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sig
-	}
-	sig := signWith(f.cert, keyPath, f.digest)
+	sig := signDigestTB(t, f.digest, keyPath, f.cert)
 	otherCert, otherKey := vm.SigningCert(t, "cfsroot vmtest untrusted signer")
 	for name, content := range map[string][]byte{
 		goodImage + ".cfs":          img.Bytes(),
@@ -181,7 +166,7 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 		tamperedImage + ".cfs":      tamper(img.Bytes()),
 		tamperedImage + ".cfs.sig":  sig,
 		untrustedImage + ".cfs":     img.Bytes(),
-		untrustedImage + ".cfs.sig": signWith(otherCert, otherKey, f.digest),
+		untrustedImage + ".cfs.sig": signDigestTB(t, f.digest, otherKey, otherCert),
 		unsignedImage + ".cfs":      img.Bytes(),
 		ramImage + ".cfs":           img.Bytes(),
 		ramImage + ".cfs.sig":       sig,

@@ -104,14 +104,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	})
 
 	bw := bufio.NewWriter(stdout)
-	for _, p := range problems {
-		fmt.Fprintln(bw, p)
-	}
-	for _, r := range results {
-		if r != "" {
-			fmt.Fprintln(bw, r)
-		}
-	}
+	writeReport(bw, problems, results)
 	how := "present with the right size"
 	if *verify {
 		how = "present with the right size and digest"

@@ -126,16 +126,7 @@ func runSignObjects(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	bw := bufio.NewWriter(stdout)
-	for _, p := range problems {
-		fmt.Fprintln(bw, p)
-	}
-	failed := 0
-	for _, r := range results {
-		if r != "" {
-			fmt.Fprintln(bw, r)
-			failed++
-		}
-	}
+	failed := writeReport(bw, problems, results)
 	fmt.Fprintf(bw, "%d objects: %d signed, %d already signed by %s, %d failed\n", len(list), signed, kept, cert.Subject, failed)
 	if err := bw.Flush(); err != nil {
 		return err
@@ -315,16 +306,7 @@ func runEnableObjects(args []string, stdout, stderr io.Writer) error {
 		counts[out]++
 	})
 	bw := bufio.NewWriter(stdout)
-	for _, p := range problems {
-		fmt.Fprintln(bw, p)
-	}
-	failed := 0
-	for _, r := range results {
-		if r != "" {
-			fmt.Fprintln(bw, r)
-			failed++
-		}
-	}
+	failed := writeReport(bw, problems, results)
 	if *unsigned {
 		fmt.Fprintf(bw, "%d objects: %d with fs-verity (no signatures), %d failed\n", len(list), len(list)-failed, failed)
 	} else {
@@ -359,4 +341,19 @@ func enableUnsigned(path string, want verity.Digest) error {
 		return fmt.Errorf("%s: %w: %s, the image expects %s", path, objsig.ErrDigest, got, want)
 	}
 	return nil
+}
+
+// writeReport writes the images' problems, then the per-object results that
+// are not empty, one a line, and returns how many results there were.
+func writeReport(w io.Writer, problems, results []string) (failed int) {
+	for _, p := range problems {
+		fmt.Fprintln(w, p)
+	}
+	for _, r := range results {
+		if r != "" {
+			fmt.Fprintln(w, r)
+			failed++
+		}
+	}
+	return failed
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,6 +16,7 @@ import (
 	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/guest"
+	"github.com/cfsroot/cfsroot/vmtests/internal/guestrun"
 )
 
 // The signature mode of the Debian demo (vmtests/demo_test.go): a second
@@ -47,12 +46,12 @@ func reportSignatureMode(out io.Writer) {
 		return // not the signature mode
 	}
 	d := map[string]string{}
-	run := func(name, prog string) { d[name] = errName(execute(prog)) }
+	run := func(name, prog string) { d[name] = guestrun.ErrName(guestrun.Run(prog)) }
 
 	// A copy of /usr/bin/true on tmpfs: no fs-verity, no signature.
 	const tmpCopy = "/run/cfsroot-true-copy"
 	err := copyFile("/usr/bin/true", tmpCopy)
-	d["tmpfs-copy"] = errName(err)
+	d["tmpfs-copy"] = guestrun.ErrName(err)
 	if err == nil {
 		run("tmpfs-copy", tmpCopy)
 	}
@@ -66,26 +65,26 @@ func reportSignatureMode(out io.Writer) {
 	}
 	p := func(name string) string { return filepath.Join(scratchMount, name) }
 	// fs-verity on the verity ext4, without a signature.
-	d["unsigned-enable"] = errName(enable(p("unsigned-true"), nil))
+	d["unsigned-enable"] = guestrun.ErrName(enable(p("unsigned-true"), nil))
 	run("unsigned-exec", p("unsigned-true"))
 	// Signed by a key outside the (locked) .fs-verity keyring.
 	sig, err := os.ReadFile(objsig.Path(p("stranger-true")))
 	if err == nil {
 		err = enable(p("stranger-true"), sig)
 	}
-	d["stranger-enable"] = errName(err)
+	d["stranger-enable"] = guestrun.ErrName(err)
 	run("stranger-exec", p("stranger-true"))
 	// The image's object signed by the stranger: provisioning could not
 	// enable fs-verity on it, so the verity=require overlay refuses it.
 	run("stranger-object-exec", StrangerObject)
 	_, err = os.ReadFile(StrangerObject)
-	d["stranger-object-read"] = errName(err)
+	d["stranger-object-read"] = guestrun.ErrName(err)
 	// Signed by the trusted object signer: enabled and run here, after boot.
 	sig, err = os.ReadFile(objsig.Path(p("signed-true")))
 	if err == nil {
 		err = enable(p("signed-true"), sig)
 	}
-	d["signed-enable"] = errName(err)
+	d["signed-enable"] = guestrun.ErrName(err)
 	run("signed-exec", p("signed-true"))
 	// The keyring is locked: root cannot add the stranger.
 	der, err := os.ReadFile(p("stranger.der"))
@@ -95,7 +94,7 @@ func reportSignatureMode(out io.Writer) {
 			_, err = unix.AddKey("asymmetric", "", der, ring)
 		}
 	}
-	d["add-key"] = errName(err)
+	d["add-key"] = guestrun.ErrName(err)
 	guest.Check(out, "ipe-signature", d, nil)
 
 	// Exec latency of /usr/bin/true (dynamically linked: IPE checks the
@@ -131,27 +130,11 @@ func enable(path string, sig []byte) error {
 	return verity.EnableSigned(f, sig)
 }
 
-// execute runs prog without arguments and waits for it.
-func execute(prog string) error {
-	pid, err := syscall.ForkExec(prog, []string{prog}, &syscall.ProcAttr{Env: []string{}})
-	if err != nil {
-		return err
-	}
-	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
-		return err
-	}
-	if !ws.Exited() || ws.ExitStatus() != 0 {
-		return fmt.Errorf("%s ended with status %v", prog, ws)
-	}
-	return nil
-}
-
 // timeExec returns the median time of executing prog: at least 50 runs
 // and 5 seconds (at most 3000 runs), after 10 runs to warm the caches.
 func timeExec(prog string) (time.Duration, int, error) {
 	for range 10 {
-		if err := execute(prog); err != nil {
+		if err := guestrun.Run(prog); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -159,25 +142,13 @@ func timeExec(prog string) (time.Duration, int, error) {
 	start := time.Now()
 	for len(ds) < 3000 && (len(ds) < 50 || time.Since(start) < 5*time.Second) {
 		t0 := time.Now()
-		if err := execute(prog); err != nil {
+		if err := guestrun.Run(prog); err != nil {
 			return 0, len(ds), err
 		}
 		ds = append(ds, time.Since(t0))
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	return ds[len(ds)/2], len(ds), nil
-}
-
-// errName is "OK", the errno's name, or the error's text.
-func errName(err error) string {
-	var errno unix.Errno
-	switch {
-	case err == nil:
-		return "OK"
-	case errors.As(err, &errno):
-		return unix.ErrnoName(errno)
-	}
-	return err.Error()
 }
 
 func copyFile(src, dst string) error {

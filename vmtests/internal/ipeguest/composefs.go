@@ -18,6 +18,7 @@ import (
 	"github.com/cfsroot/cfsroot/rootfs/objsig"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
+	"github.com/cfsroot/cfsroot/vmtests/internal/guestrun"
 )
 
 // The composefs mode (vmtests/ipe_composefs_test.go): the disk holds
@@ -80,7 +81,7 @@ func composefsMode() {
 	execAll := func() map[string]string {
 		d := map[string]string{}
 		for name, p := range progs {
-			d[name] = errnoName(run(p))
+			d[name] = guestrun.ErrName(guestrun.Run(p))
 		}
 		return d
 	}
@@ -131,7 +132,7 @@ func cfsSetup(base string) (map[string]string, error) {
 	tool := func(name string, args ...string) {
 		out, err := exec.Command(cfsrootTool, args...).CombinedOutput()
 		d[name] = string(out)
-		d[name+"-exit"] = errnoName(err)
+		d[name+"-exit"] = guestrun.ErrName(err)
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
 			d[name+"-exit"] = strconv.Itoa(ee.ExitCode())
@@ -200,17 +201,6 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-func errnoName(err error) string {
-	var errno unix.Errno
-	switch {
-	case err == nil:
-		return "OK"
-	case errors.As(err, &errno):
-		return unix.ErrnoName(errno)
-	}
-	return err.Error()
-}
-
 // addAfterLock reports whether root can add a certificate to the
 // .fs-verity keyring after objsig.TrustSigners locked it.
 func addAfterLock(base string) (map[string]string, error) {
@@ -223,5 +213,5 @@ func addAfterLock(base string) (map[string]string, error) {
 		return nil, err
 	}
 	_, err = unix.AddKey("asymmetric", "", der, ring)
-	return map[string]string{"add-after-lock": errnoName(err)}, nil
+	return map[string]string{"add-after-lock": guestrun.ErrName(err)}, nil
 }

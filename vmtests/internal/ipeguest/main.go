@@ -26,7 +26,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,6 +35,7 @@ import (
 	"github.com/cfsroot/cfsroot/rootfs/ipe"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/guest"
+	"github.com/cfsroot/cfsroot/vmtests/internal/guestrun"
 )
 
 // Shared with the host side.
@@ -129,13 +129,13 @@ func bench() (map[string]string, error) {
 	allowed, denied := filepath.Join(diskMount, allowedProg), filepath.Join(diskMount, deniedProg)
 	// Warm up (page cache, first-exec costs) before the baseline.
 	for range 50 {
-		if err := run(allowed); err != nil {
+		if err := guestrun.Run(allowed); err != nil {
 			return data, err
 		}
 	}
 	// Without a policy IPE allows everything: both run.
 	check("exec-0", func() (map[string]string, error) { return measure(first, allowed, "0") })
-	if err := run(denied); err != nil {
+	if err := guestrun.Run(denied); err != nil {
 		return data, fmt.Errorf("%s without a policy: %w", deniedProg, err)
 	}
 
@@ -178,7 +178,7 @@ func bench() (map[string]string, error) {
 				return d, err
 			}
 			// Enforcement: the program no rule names must be refused.
-			derr := run(denied)
+			derr := guestrun.Run(denied)
 			d["denied"] = fmt.Sprint(derr)
 			if !errors.Is(derr, unix.EACCES) {
 				return d, fmt.Errorf("%s under policy %s: %v, want EACCES", deniedProg, h.Name, derr)
@@ -199,11 +199,11 @@ func measure(first, last, rules string) (map[string]string, error) {
 	start := time.Now()
 	for len(a) < maxRuns && (len(a) < minRuns || time.Since(start) < minTime) {
 		t0 := time.Now()
-		if err := run(first); err != nil {
+		if err := guestrun.Run(first); err != nil {
 			return map[string]string{"rules": rules}, fmt.Errorf("run %s: %w", first, err)
 		}
 		t1 := time.Now()
-		if err := run(last); err != nil {
+		if err := guestrun.Run(last); err != nil {
 			return map[string]string{"rules": rules}, fmt.Errorf("run %s: %w", last, err)
 		}
 		t2 := time.Now()
@@ -232,20 +232,6 @@ func measure(first, last, rules string) (map[string]string, error) {
 
 // run forks, executes prog and waits for it; a refused execve comes back as
 // its errno.
-func run(prog string) error {
-	pid, err := syscall.ForkExec(prog, []string{prog}, &syscall.ProcAttr{Env: []string{}})
-	if err != nil {
-		return err
-	}
-	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil {
-		return err
-	}
-	if !ws.Exited() || ws.ExitStatus() != 0 {
-		return fmt.Errorf("%s ended with status %v", prog, ws)
-	}
-	return nil
-}
 
 func enableVerity(p string) (verity.Digest, error) {
 	f, err := os.Open(p)
