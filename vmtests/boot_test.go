@@ -171,7 +171,7 @@ func buildFixture(t *testing.T, k vm.Kernel) (*fixture, string) {
 		ramImage + ".cfs":           img.Bytes(),
 		ramImage + ".cfs.sig":       sig,
 		runLinkImage + ".cfs":       runImg.Bytes(),
-		runLinkImage + ".cfs.sig":   signWith(f.cert, keyPath, runRes.Digest),
+		runLinkImage + ".cfs.sig":   signDigestTB(t, runRes.Digest, keyPath, f.cert),
 	} {
 		write(t, filepath.Join(images, name), content)
 	}
