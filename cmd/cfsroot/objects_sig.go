@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
 	"github.com/cfsroot/cfsroot/rootfs/ipe"
 	"github.com/cfsroot/cfsroot/rootfs/objsig"
@@ -121,7 +122,7 @@ func runSignObjects(args []string, stdout, stderr io.Writer) error {
 		}
 	})
 	if signed > 0 {
-		if err := syncFS(dir); err != nil {
+		if err := atomicfile.SyncFS(dir); err != nil {
 			return fmt.Errorf("sign-objects: %w", err)
 		}
 	}
@@ -191,19 +192,6 @@ func writeSigFile(path string, sig []byte) error {
 		os.Remove(tmp.Name())
 	}
 	return err
-}
-
-// syncFS flushes the filesystem holding dir (syncfs(2)).
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // warnInlineExecutables names the executables the images store inline: they

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cfsroot/cfsroot/internal/atomicfile"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
 	"github.com/cfsroot/cfsroot/rootfs/composefs/reader"
 	"github.com/cfsroot/cfsroot/rootfs/objsig"
@@ -359,7 +360,7 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 			opts.Progress(i+1, len(missing), res.CopiedBytes)
 		}
 	}
-	if err := syncFS(objDir); err != nil {
+	if err := atomicfile.SyncFS(objDir); err != nil {
 		return added, newDirs, full(err)
 	}
 	for i, o := range missing {
@@ -392,7 +393,7 @@ func (r *Repo) copyObjects(opts InstallOptions, objects []imageObject, res *Inst
 		res.Copied++
 		step(opts, "object "+o.path)
 	}
-	if err := syncFS(objDir); err != nil {
+	if err := atomicfile.SyncFS(objDir); err != nil {
 		return added, newDirs, full(err)
 	}
 	step(opts, "objects-synced")
@@ -439,19 +440,6 @@ func readSig(p string) ([]byte, error) {
 		return nil, nil
 	}
 	return data, err
-}
-
-// syncFS flushes the filesystem holding dir.
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", dir, err)
-	}
-	return nil
 }
 
 // verifyObjects checks every object of the image in the repository: its
