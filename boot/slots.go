@@ -3,10 +3,11 @@ package boot
 import (
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,8 +65,12 @@ func (b *Boot) planSlots() error {
 	var st repo.State
 	plan := repo.Plan{Slots: b.Choice.Slots}
 	if b.Choice.Image == "" && b.Choice.Digest == nil {
-		var err error
-		st, err = repo.ReadState(b.repoPath())
+		// The state is written back while the disk is read-write: its
+		// directory must be the repository's own, not a link off it.
+		err := b.checkRepoDirs(repo.StateFile, nil)
+		if err == nil {
+			st, err = repo.ReadState(b.repoPath())
+		}
 		if err != nil {
 			// Whatever is on the disk, the config's order is safe: every
 			// slot is still verified.
@@ -200,9 +205,14 @@ func (b *Boot) provision(slots []string) {
 		return true, b.Env.EnableVerity(f, sig)
 	}
 	seen := map[string]bool{}
+	dirs := map[string]error{} // checkRepoDirs' answers, per directory
 	var objects []string
 	for _, slot := range slots {
 		p := b.repoPath("images", slot+".cfs")
+		if err := b.checkRepoDirs(filepath.Join("images", slot+".cfs"), dirs); err != nil {
+			fail("%s: %v", p, err)
+			continue
+		}
 		f, err := diskfile.Open(p)
 		if err != nil {
 			fail("%s: %v", p, err)
@@ -218,7 +228,13 @@ func (b *Boot) provision(slots []string) {
 			ps.Already++
 		}
 		if err == nil {
-			objects = append(objects, b.imageObjects(f, seen, fail)...)
+			for _, o := range b.imageObjects(f, seen, fail) {
+				if err := b.checkRepoDirs(filepath.Join("objects", o), dirs); err != nil {
+					fail("%s: %v", b.repoPath("objects", o), err)
+					continue
+				}
+				objects = append(objects, o)
+			}
 		}
 		f.Close()
 	}
@@ -266,20 +282,59 @@ func (b *Boot) provision(slots []string) {
 
 // readSignatureFile reads an object's builtin-signature file, which is no
 // bigger than fs-verity accepts.
+// It is opened as every file on the disk is (diskfile): a FIFO there would
+// otherwise block the open, and the boot, for ever.
 func readSignatureFile(p string) ([]byte, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, fmt.Errorf("no builtin signature (cfsroot sign-objects writes it): %w", err)
-	}
-	defer f.Close()
-	sig, err := io.ReadAll(io.LimitReader(f, verity.MaxSignatureSize+1))
+	sig, err := diskfile.ReadFile(p, verity.MaxSignatureSize)
 	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no builtin signature (cfsroot sign-objects writes it): %w", err)
 	case err != nil:
-		return nil, err
-	case len(sig) == 0 || len(sig) > verity.MaxSignatureSize:
-		return nil, fmt.Errorf("%s: %d bytes is no builtin signature", p, len(sig))
+		return nil, fmt.Errorf("builtin signature: %w", err)
+	case len(sig) == 0:
+		return nil, fmt.Errorf("%s: 0 bytes is no builtin signature", p)
 	}
 	return sig, nil
+}
+
+// checkRepoDirs checks that every directory on the way from the disk's
+// mount point to the repository file rel (the repository's own and those
+// in rel) is a directory on the disk, not a symbolic link. The init's
+// paths are absolute: a link there would be followed from the initramfs'
+// root, and what provision_verity and the slot state write while the disk
+// is read-write would land off the repository (another directory, the
+// initramfs). Reading through such a link is harmless (what is read is
+// verified), writing is not. The disk is the attacker's but nobody changes
+// it while the init runs, so checking once is enough. dirs, if not nil,
+// caches the answers for a directory.
+func (b *Boot) checkRepoDirs(rel string, dirs map[string]error) error {
+	base := b.Env.path(DiskDir)
+	p := base
+	for _, c := range strings.Split(filepath.Dir(filepath.Join(b.Config.Repository, rel)), "/") {
+		if c == "" || c == "." {
+			continue
+		}
+		p = filepath.Join(p, c)
+		err, ok := dirs[p]
+		if !ok {
+			var fi os.FileInfo
+			if fi, err = os.Lstat(p); err == nil {
+				switch {
+				case fi.Mode()&os.ModeSymlink != 0:
+					err = fmt.Errorf("%s %w", p, diskfile.ErrSymlink)
+				case !fi.IsDir():
+					err = fmt.Errorf("%s is not a directory", p)
+				}
+			}
+			if dirs != nil {
+				dirs[p] = err
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // imageObjects lists the objects the image in f references that are not
