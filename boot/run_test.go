@@ -1162,23 +1162,39 @@ func TestRunMountFailures(t *testing.T) {
 // through the failure cap, and never reaches PID 1.
 func TestRunPanics(t *testing.T) {
 	for _, tc := range []struct {
-		step   string
-		inject func(h *hostEnv)
+		step      string
+		inject    func(h *hostEnv)
+		provision bool // provision_verity, an image with objects, none with fs-verity
 	}{
-		{"disk", func(h *hostEnv) {
+		{step: "disk", inject: func(h *hostEnv) {
 			h.env.FindDisk = func(context.Context, DiskSelector, time.Duration) (BlockDevice, error) {
 				var b []byte
 				_ = b[0xFFFF] // as the GPT parser did on HeaderSize 0xFFFF
 				return BlockDevice{}, nil
 			}
 		}},
-		{"verify:default", func(h *hostEnv) {
+		{step: "verify:default", inject: func(h *hostEnv) {
 			h.env.Digest = func(*os.File) (verity.Digest, error) { panic("digest") }
 		}},
-		{"measure", func(h *hostEnv) {
+		{step: "measure", inject: func(h *hostEnv) {
 			h.env.OpenTPM = func(context.Context) (*measure.Measurer, error) { panic("tpm") }
 		}},
-		{"mount", func(h *hostEnv) {
+		// provision_verity, in the read-write window: the disk must be
+		// read-only again, also when the panic is in a worker goroutine
+		// (which no recover in the step could catch: it ended PID 1).
+		{step: "slots", provision: true, inject: func(h *hostEnv) {
+			h.env.EnableVerity = func(f *os.File, sig []byte) error { panic("enable image") }
+		}},
+		{step: "slots", provision: true, inject: func(h *hostEnv) {
+			h.env.EnableVerity = func(f *os.File, sig []byte) error {
+				if strings.HasSuffix(f.Name(), ".cfs") {
+					delete(h.noVeri, filepath.Base(f.Name()))
+					return nil
+				}
+				panic("enable object")
+			}
+		}},
+		{step: "mount", inject: func(h *hostEnv) {
 			h.mounter.hook = func(kind string) {
 				if kind == "overlay" {
 					panic("overlay")
@@ -1189,9 +1205,24 @@ func TestRunPanics(t *testing.T) {
 		t.Run(tc.step, func(t *testing.T) {
 			h := newHostEnv(t)
 			h.withTPM()
-			h.addImage("default", h.key, h.cert)
+			cfg := baseConfig + `}`
+			if tc.provision {
+				tree := t.TempDir()
+				os.WriteFile(filepath.Join(tree, "file"), bytes.Repeat([]byte("object"), 20), 0o644)
+				store, _ := h.addStoreImage("default", tree)
+				filepath.Walk(store.Dir(), func(p string, info os.FileInfo, err error) error {
+					if info.Mode().IsRegular() {
+						h.noVeri[filepath.Base(p)] = true
+					}
+					return nil
+				})
+				h.noVeri["default.cfs"] = true
+				cfg = baseConfig + `, "provision_verity": true}`
+			} else {
+				h.addImage("default", h.key, h.cert)
+			}
 			tc.inject(h)
-			_, err := h.run(h.config(baseConfig+`}`), "")
+			_, err := h.run(h.config(cfg), "")
 			var se *StepError
 			if !errors.As(err, &se) || se.Step != tc.step || !strings.Contains(err.Error(), "panic") {
 				t.Fatalf("Run = %v, want step %s: panic", err, tc.step)
@@ -1199,6 +1230,7 @@ func TestRunPanics(t *testing.T) {
 			if !strings.Contains(h.console.String(), "capped with cfsroot-failure:"+tc.step) {
 				t.Errorf("PCR not capped after the panic:\n%s", h.console.String())
 			}
+			wantReadOnly(t, h)
 		})
 	}
 }
