@@ -93,6 +93,17 @@ func (b *Boot) planSlots() error {
 		rwErr := b.remountDisk(false)
 		if rwErr != nil {
 			b.Log.Errorf("slots", "cannot remount the disk read-write: %v", rwErr)
+		} else {
+			// A panic below (a bug, or hostile input) becomes the
+			// step's error; the disk is read-only again first.
+			defer func() {
+				if r := recover(); r != nil {
+					if err := b.remountDisk(true); err != nil {
+						b.Log.Errorf("slots", "remount the disk read-only: %v", err)
+					}
+					panic(r)
+				}
+			}()
 		}
 		if plan.Attempt {
 			next := st.Attempt()
@@ -238,6 +249,32 @@ func (b *Boot) provision(slots []string) {
 		}
 		f.Close()
 	}
+	object := func(rel string) {
+		p := b.repoPath("objects", rel)
+		f, err := diskfile.Open(p)
+		if err != nil {
+			fail("%s: %v", p, err)
+			return
+		}
+		defer f.Close()
+		did, err := enable(f, signed)
+		mu.Lock()
+		switch {
+		case err != nil:
+		case did:
+			ps.Objects++
+		default:
+			ps.Already++
+		}
+		mu.Unlock()
+		if err != nil {
+			fail("%s: %v", p, err)
+		}
+	}
+	// A panic in a worker goroutine is beyond the step's recover and
+	// would end PID 1: each worker catches it, and the first one is
+	// raised again here, in the step's goroutine, once all have stopped.
+	var panicked any
 	work := make(chan string)
 	var wg sync.WaitGroup
 	for range max(1, 2*runtime.GOMAXPROCS(0)) {
@@ -245,26 +282,18 @@ func (b *Boot) provision(slots []string) {
 		go func() {
 			defer wg.Done()
 			for rel := range work {
-				p := b.repoPath("objects", rel)
-				f, err := diskfile.Open(p)
-				if err != nil {
-					fail("%s: %v", p, err)
-					continue
-				}
-				did, err := enable(f, signed)
-				f.Close()
-				mu.Lock()
-				switch {
-				case err != nil:
-				case did:
-					ps.Objects++
-				default:
-					ps.Already++
-				}
-				mu.Unlock()
-				if err != nil {
-					fail("%s: %v", p, err)
-				}
+				func() {
+					defer func() {
+						if r := recover(); r != nil {
+							mu.Lock()
+							if panicked == nil {
+								panicked = fmt.Sprintf("provision %s: %v", rel, r)
+							}
+							mu.Unlock()
+						}
+					}()
+					object(rel)
+				}()
 			}
 		}()
 	}
@@ -273,6 +302,9 @@ func (b *Boot) provision(slots []string) {
 	}
 	close(work)
 	wg.Wait()
+	if panicked != nil {
+		panic(panicked)
+	}
 	ps.MS = time.Since(start).Milliseconds()
 	b.Log.Infof("provision", "fs-verity enabled on %d images and %d objects (%d had it) in %v", ps.Images, ps.Objects, ps.Already, time.Since(start).Round(time.Millisecond))
 	if ps.errCount > 0 {
