@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cfsroot/cfsroot/initramfs/layout"
+	"github.com/cfsroot/cfsroot/internal/strictjson"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rollback"
 	"github.com/cfsroot/cfsroot/rootfs/secversion"
@@ -200,7 +201,7 @@ func LoadConfig(p string) (*Config, error) {
 
 // ParseConfig parses and checks a config's JSON, as LoadConfig does.
 func ParseConfig(data []byte) (*Config, error) {
-	if err := checkJSONKeys(data, jsonFields(reflect.TypeFor[Config]())); err != nil {
+	if err := strictjson.CheckKeys(data, strictjson.Fields(reflect.TypeFor[Config]())); err != nil {
 		return nil, err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))

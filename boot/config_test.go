@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cfsroot/cfsroot/internal/strictjson"
 	"github.com/cfsroot/cfsroot/measure"
 )
 
@@ -179,7 +180,7 @@ func FuzzLoadConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if err := checkJSONKeys(data, jsonFields(reflect.TypeFor[Config]())); err != nil {
+		if err := strictjson.CheckKeys(data, strictjson.Fields(reflect.TypeFor[Config]())); err != nil {
 			t.Fatalf("loaded a config that fails the key check: %v", err)
 		}
 		if c.PCR == nil || measure.CheckBootPCR(*c.PCR) != nil {

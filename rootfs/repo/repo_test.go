@@ -575,6 +575,12 @@ func TestReadStateRejects(t *testing.T) {
 		{"good on trial", `{"good":"a","trial":"a","tries_left":1}`, "both"},
 		{"tries without trial", `{"good":"a","tries_done":1}`, "without a trial"},
 		{"too large", `{"good":"a"}` + strings.Repeat(" ", 5000), "larger than"},
+		// encoding/json alone took the last of two keys, a key in another
+		// case, and the first of two values: a reader could see a
+		// different state than a reviewer of the file.
+		{"key twice", `{"good":"a","good":"b"}`, "given twice"},
+		{"key in another case", `{"Good":"a"}`, "case-sensitive"},
+		{"second value", `{"good":"a"} {"good":"b"}`, "more than one JSON value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -8,9 +8,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 
 	"github.com/cfsroot/cfsroot/internal/diskfile"
+	"github.com/cfsroot/cfsroot/internal/strictjson"
 )
 
 // State is the slot state, state/slots.json. It is the A/B model of RAUC
@@ -60,6 +62,11 @@ func ReadState(dir string) (State, error) {
 	if err != nil {
 		return State{}, fmt.Errorf("slot state: %w", err)
 	}
+	// Each key once, in its own case, one value: what a reviewer of the
+	// file reads is what the init reads.
+	if err := strictjson.CheckKeys(data, strictjson.Fields(reflect.TypeFor[State]())); err != nil {
+		return State{}, fmt.Errorf("slot state %s: %w", p, err)
+	}
 	var s State
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -87,7 +94,7 @@ func (s State) check() error {
 		return fmt.Errorf("tries counted without a trial slot")
 	}
 	if s.Trial != "" && s.Trial == s.Good {
-		return fmt.Errorf("slot %s is both good and on trial", s.Good)
+		return fmt.Errorf("slot %q is both good and on trial", s.Good)
 	}
 	return nil
 }

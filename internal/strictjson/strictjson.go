@@ -1,4 +1,9 @@
-package boot
+// Package strictjson refuses what encoding/json silently accepts in a
+// document that says what to do: a key that matches a field only
+// case-insensitively ("TPM" for "tpm"), a key given twice (the last one
+// wins), trailing values, and deep nesting. The init's config and the slot
+// state on the disk are read through it.
+package strictjson
 
 import (
 	"bytes"
@@ -10,13 +15,13 @@ import (
 	"strings"
 )
 
-// checkJSONKeys refuses what encoding/json would silently accept in a
-// config: a key that matches a field only case-insensitively ("TPM" for
+// CheckKeys refuses what encoding/json would silently accept in data: a key that matches a field only case-insensitively ("TPM" for
 // "tpm"), and a key given twice in one object (where the last one wins).
-// Either could turn a reviewed setting into another one. fields are the
+// Either could turn a reviewed setting into another one, or make two
+// readers of one file see different things. fields are the
 // exact top-level keys; nested objects (pinned_digests) are checked for
 // duplicates.
-func checkJSONKeys(data []byte, fields map[string]bool) error {
+func CheckKeys(data []byte, fields map[string]bool) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	if err := checkValue(dec, fields, "", 0); err != nil {
@@ -59,7 +64,7 @@ func checkValue(dec *json.Decoder, fields map[string]bool, where string, depth i
 			key := tok.(string) // an object key is always a string
 			name := strings.TrimPrefix(where+"."+key, ".")
 			if seen[key] {
-				return fmt.Errorf("key %q given twice (a config must say each thing once)", name)
+				return fmt.Errorf("key %q given twice (each key may be given once)", name)
 			}
 			seen[key] = true
 			if fields != nil && !fields[key] {
@@ -79,11 +84,11 @@ func checkValue(dec *json.Decoder, fields map[string]bool, where string, depth i
 	return err
 }
 
-// maxJSONDepth bounds nesting; a config needs 2 levels.
+// maxJSONDepth bounds nesting; a config needs 2 levels, the slot state 1.
 const maxJSONDepth = 16
 
-// jsonFields lists the JSON keys of a struct type's fields.
-func jsonFields(t reflect.Type) map[string]bool {
+// Fields lists the JSON keys of a struct type's fields.
+func Fields(t reflect.Type) map[string]bool {
 	m := map[string]bool{}
 	for i := 0; i < t.NumField(); i++ {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
