@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -238,7 +237,7 @@ func TestLife(t *testing.T) {
 	// The points where a clean update changes the disk, in order: each new
 	// object (by path), then the fixed points of repo.Install.
 	var canonical []string
-	for _, o := range objectsOnlyIn(t, filepath.Join(srcTree, "img2.cfs"), filepath.Join(srcTree, "img1.cfs")) {
+	for _, o := range testutil.ObjectsOnlyIn(t, filepath.Join(srcTree, "img2.cfs"), filepath.Join(srcTree, "img1.cfs")) {
 		canonical = append(canonical, "object:"+o)
 	}
 	canonical = append(canonical, "objects-synced", "sig-written", "image-written", "committed")
@@ -322,7 +321,7 @@ func TestLife(t *testing.T) {
 	g := res.Require(t, "gc")["gc"]
 	removed := strings.Fields(g.Data["removed"])
 	img := func(n int) string { return filepath.Join(srcTree, fmt.Sprintf("img%d.cfs", n)) }
-	want := objectsOnlyIn(t, img(1), img(2), img(3))
+	want := testutil.ObjectsOnlyIn(t, img(1), img(2), img(3))
 	if !slices.Equal(removed, want) {
 		t.Errorf("gc removed %v; composefs-info says only image 1 used %v", removed, want)
 	}
@@ -345,25 +344,4 @@ func objectOf(t *testing.T, content []byte) string {
 		t.Fatal(err)
 	}
 	return composefs.ObjectPath(d.Sum)
-}
-
-// objectsOnlyIn lists the objects image a references and none of others
-// does, sorted, as the reference composefs-info lists them.
-func objectsOnlyIn(t *testing.T, a string, others ...string) []string {
-	info := testutil.ComposefsTool(t, "composefs-info")
-	list := func(p string) []string {
-		return strings.Fields(string(testutil.Run(t, info, "objects", p)))
-	}
-	var later []string
-	for _, o := range others {
-		later = append(later, list(o)...)
-	}
-	var only []string
-	for _, o := range list(a) {
-		if !slices.Contains(later, o) {
-			only = append(only, o)
-		}
-	}
-	sort.Strings(only)
-	return only
 }

@@ -296,3 +296,30 @@ func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
 }
+
+// ObjectsOnlyIn lists, sorted, the objects image a references and none of
+// others does, as the reference composefs-info lists them: what a garbage
+// collection that keeps only others must remove. The test fails if there is
+// none (the images would show nothing).
+func ObjectsOnlyIn(t testing.TB, a string, others ...string) []string {
+	t.Helper()
+	info := ComposefsTool(t, "composefs-info")
+	list := func(p string) []string {
+		return strings.Fields(string(Run(t, info, "objects", p)))
+	}
+	var inOthers []string
+	for _, o := range others {
+		inOthers = append(inOthers, list(o)...)
+	}
+	var only []string
+	for _, o := range list(a) {
+		if !slices.Contains(inOthers, o) {
+			only = append(only, o)
+		}
+	}
+	slices.Sort(only)
+	if len(only) == 0 {
+		t.Fatalf("%s shares every object with %v", a, others)
+	}
+	return only
+}

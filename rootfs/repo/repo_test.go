@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -224,11 +223,11 @@ func TestInstallUpdateBlessGC(t *testing.T) {
 
 	// a still holds image 1: nothing to collect. Replace a with image 3,
 	// then the objects only image 1 used go, as composefs-info counts.
-	if g, err := r.GC([]string{"b"}, false); err != nil || !slices.Equal(g.Removed, objectsOnlyIn(t, b2.image, b1.image, b3.image)) {
+	if g, err := r.GC([]string{"b"}, false); err != nil || !slices.Equal(g.Removed, testutil.ObjectsOnlyIn(t, b2.image, b1.image, b3.image)) {
 		t.Fatalf("gc with images 1 and 3 installed: %v, removed %v", err, g)
 	}
 	install(t, r, trust, "a", b3, "b")
-	only1 := objectsOnlyIn(t, b1.image, b3.image)
+	only1 := testutil.ObjectsOnlyIn(t, b1.image, b3.image)
 	dry, err := r.GC([]string{"b"}, true)
 	if err != nil {
 		t.Fatal(err)
@@ -247,30 +246,6 @@ func TestInstallUpdateBlessGC(t *testing.T) {
 	}
 	checkStoreMatches(t, r, "a", b3)
 	checkStoreMatches(t, r, "b", b3)
-}
-
-// objectsOnlyIn lists the objects image a references and none of others
-// does, according to the reference composefs-info.
-func objectsOnlyIn(t *testing.T, a string, others ...string) []string {
-	info := testutil.ComposefsTool(t, "composefs-info")
-	list := func(p string) []string {
-		return strings.Fields(string(testutil.Run(t, info, "objects", p)))
-	}
-	var inOthers []string
-	for _, b := range others {
-		inOthers = append(inOthers, list(b)...)
-	}
-	var only []string
-	for _, o := range list(a) {
-		if !slices.Contains(inOthers, o) {
-			only = append(only, o)
-		}
-	}
-	sort.Strings(only)
-	if len(only) == 0 {
-		t.Fatal("test trees share every object")
-	}
-	return only
 }
 
 // checkStoreMatches checks the slot's files against the build with the
