@@ -49,11 +49,9 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	if *store == "" {
 		return usagef("check: --store DIR is required")
 	}
-	var ts *signature.TrustStore
-	if *signers != "" {
-		if ts, err = signature.LoadTrustStore(*signers); err != nil {
-			return fmt.Errorf("check: --signers: %w", err)
-		}
+	ts, err := optionalTrustStore(*signers)
+	if err != nil {
+		return fmt.Errorf("check: --signers: %w", err)
 	}
 	if len(images) == 0 {
 		return usagef("check: no IMAGE given")

@@ -238,11 +238,9 @@ func runEnableObjects(args []string, stdout, stderr io.Writer) error {
 	case *unsigned && *trustedPath != "":
 		return usagef("enable-objects: --trusted has no use with --unsigned")
 	}
-	var ts *signature.TrustStore
-	if *trustedPath != "" {
-		if ts, err = signature.LoadTrustStore(*trustedPath); err != nil {
-			return fmt.Errorf("enable-objects: %w", err)
-		}
+	ts, err := optionalTrustStore(*trustedPath)
+	if err != nil {
+		return fmt.Errorf("enable-objects: %w", err)
 	}
 	dir, err := storeDir(*store)
 	if err != nil {

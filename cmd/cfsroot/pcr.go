@@ -271,6 +271,15 @@ func readSecVersion(path string) (secversion.Info, error) {
 	return info, nil
 }
 
+// optionalTrustStore loads the certificates at path, a PEM file or a
+// directory, or returns a nil store when path is "" (the flag not given).
+func optionalTrustStore(path string) (*signature.TrustStore, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return signature.LoadTrustStore(path)
+}
+
 // loadOneCert reads a certificate that must be the only one in its file, so
 // that the signer is not picked by accident.
 func loadOneCert(path string) (*x509.Certificate, error) {

@@ -226,11 +226,9 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 0 || *dir == "" {
 		return usagef("status: want --repo DIR and no arguments")
 	}
-	var ts *signature.TrustStore
-	if *trusted != "" {
-		if ts, err = signature.LoadTrustStore(*trusted); err != nil {
-			return fmt.Errorf("status: %w", err)
-		}
+	ts, err := optionalTrustStore(*trusted)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
 	}
 	booted, err := bootedSlot(*status)
 	if err != nil {
