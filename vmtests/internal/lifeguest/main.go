@@ -19,9 +19,6 @@
 package main
 
 import (
-	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,7 +64,7 @@ func main() {
 		}
 	}
 	guest.Check(out, "detached", nil, err)
-	readFiles()
+	guest.ReadFiles(out, "/etc/lifeguest/read")
 
 	cmdline, _ := os.ReadFile("/proc/cmdline")
 	var actions []string
@@ -115,24 +112,6 @@ func mountRepo() error {
 		return fmt.Errorf("remount /dev/vda read-write: %w", err)
 	}
 	return nil
-}
-
-func readFiles() {
-	f, err := os.Open("/etc/lifeguest/read")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		p := strings.TrimSpace(s.Text())
-		if p == "" {
-			continue
-		}
-		b, err := os.ReadFile(p)
-		sum := sha256.Sum256(b)
-		guest.Check(out, "read:"+p, map[string]string{"sha256": hex.EncodeToString(sum[:])}, err)
-	}
 }
 
 // fsck checks the repository as a power cut must leave it: every image

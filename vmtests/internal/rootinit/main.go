@@ -13,9 +13,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -73,19 +71,7 @@ func main() {
 	} else {
 		guest.Check(out, "eventlog", nil, err)
 	}
-	if f, err := os.Open("/etc/rootinit/read"); err == nil {
-		s := bufio.NewScanner(f)
-		for s.Scan() {
-			p := strings.TrimSpace(s.Text())
-			if p == "" {
-				continue
-			}
-			b, err := os.ReadFile(p)
-			sum := sha256.Sum256(b)
-			guest.Check(out, "read:"+p, map[string]string{"sha256": hex.EncodeToString(sum[:])}, err)
-		}
-		f.Close()
-	}
+	guest.ReadFiles(out, "/etc/rootinit/read")
 	runActions(out)
 	// Is the root writable (an upper layer) or read-only?
 	err = os.WriteFile("/var-write-test", []byte("x"), 0o644)
