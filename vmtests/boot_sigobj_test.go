@@ -2,6 +2,8 @@ package vmtests
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/x509"
 	"encoding/json"
 	"io/fs"
 	"os"
@@ -112,9 +114,9 @@ func TestBootObjectSignerMismatch(t *testing.T) {
 	}
 }
 
-// signDigestTB signs a digest as `cfsroot sign` does, with the key and
-// certificate at the given paths.
-func signDigestTB(t *testing.T, d verity.Digest, keyPath, certPath string) []byte {
+// loadSignerTB loads a signing key and its certificate (as vm.SigningCert or
+// openssl writes them), failing the test if either does not load.
+func loadSignerTB(t testing.TB, keyPath, certPath string) (crypto.Signer, *x509.Certificate) {
 	t.Helper()
 	key, err := signature.LoadKey(keyPath)
 	if err != nil {
@@ -124,6 +126,14 @@ func signDigestTB(t *testing.T, d verity.Digest, keyPath, certPath string) []byt
 	if err != nil {
 		t.Fatal(err)
 	}
+	return key, cert
+}
+
+// signDigestTB signs a digest as `cfsroot sign` does, with the key and
+// certificate at the given paths.
+func signDigestTB(t *testing.T, d verity.Digest, keyPath, certPath string) []byte {
+	t.Helper()
+	key, cert := loadSignerTB(t, keyPath, certPath)
 	sig, err := signature.SignDigest(d, key, cert)
 	if err != nil {
 		t.Fatal(err)

@@ -118,14 +118,7 @@ func BenchmarkIPEExecLatency(b *testing.B) {
 	vm.RequireTools(b, "mkfs.ext4", "fsverity", "openssl")
 	guestBin := vm.BuildStatic(b, "./vmtests/internal/ipeguest")
 	certPath, keyPath := vm.SigningCert(b, "cfsroot ipe bench db")
-	key, err := signature.LoadKey(keyPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cert, err := signature.LoadCertificate(certPath)
-	if err != nil {
-		b.Fatal(err)
-	}
+	key, cert := loadSignerTB(b, keyPath, certPath)
 
 	tree := b.TempDir()
 	writeTB(b, filepath.Join(tree, "bin/first"), tinyELF(3))

@@ -68,14 +68,7 @@ func TestIPEComposefs(t *testing.T) {
 	vm.RequireTools(t, "mkfs.ext4", "openssl", "fsverity")
 	guestBin := vm.BuildStatic(t, "./vmtests/internal/ipeguest")
 	dbCert, dbKey := vm.SigningCert(t, "cfsroot ipe composefs db")
-	key, err := signature.LoadKey(dbKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := signature.LoadCertificate(dbCert)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, cert := loadSignerTB(t, dbKey, dbCert)
 	sign := func(text string) []byte {
 		if _, err := ipe.Check([]byte(text)); err != nil {
 			t.Fatal(err)

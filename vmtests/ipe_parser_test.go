@@ -64,14 +64,7 @@ func TestIPEPolicyParser(t *testing.T) {
 	vm.RequireTools(t, "mkfs.ext4", "openssl")
 	guestBin := vm.BuildStatic(t, "./vmtests/internal/ipeguest")
 	certPath, keyPath := vm.SigningCert(t, "cfsroot ipe parser db")
-	key, err := signature.LoadKey(keyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := signature.LoadCertificate(certPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, cert := loadSignerTB(t, keyPath, certPath)
 	tree := t.TempDir()
 	files := map[string]string{}
 	for i, c := range ipeParserCases {
@@ -93,14 +86,7 @@ func TestIPEPolicyParser(t *testing.T) {
 		runCmdTB(t, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:"+curve, "-nodes", "-sha256",
 			"-days", "3650", "-subj", "/CN=cfsroot ipe parser "+curve, "-keyout", ecKey, "-out", ecCert,
 			"-addext", "keyUsage=critical,digitalSignature", "-addext", "extendedKeyUsage=codeSigning")
-		k, err := signature.LoadKey(ecKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := signature.LoadCertificate(ecCert)
-		if err != nil {
-			t.Fatal(err)
-		}
+		k, c := loadSignerTB(t, ecKey, ecCert)
 		hash := crypto.SHA256
 		if curve == "P-384" {
 			hash = crypto.SHA384

@@ -108,14 +108,7 @@ func TestLife(t *testing.T) {
 	guestBin := vm.BuildStatic(t, "./vmtests/internal/lifeguest")
 	initBin := vm.BuildStatic(t, "./init")
 	cert, key := vm.SigningCert(t, "cfsroot life signer")
-	signer, err := signature.LoadKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certX, err := signature.LoadCertificate(cert)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, certX := loadSignerTB(t, key, cert)
 	trust := signature.NewTrustStore(certX)
 
 	// Three signed images sharing the build machine's object store.

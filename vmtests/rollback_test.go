@@ -72,14 +72,7 @@ func TestBootRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	certPath, keyPath := vm.SigningCert(t, "cfsroot rollback test signer")
-	key, err := signature.LoadKey(keyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := signature.LoadCertificate(certPath)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, cert := loadSignerTB(t, keyPath, certPath)
 	digests := map[string]verity.Digest{}
 	for name, info := range map[string]secversion.Info{
 		"new":   {Version: 3, Product: "appliance"},
