@@ -259,13 +259,8 @@ func checkName(name string) error {
 	if name == "" || len(name) > 255 {
 		return fmt.Errorf("measure: image name %q must be 1 to 255 characters", name)
 	}
-	for _, c := range []byte(name) {
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case c == '.' || c == '_' || c == '+' || c == '@' || c == '~' || c == '-':
-		default:
-			return fmt.Errorf("measure: image name %q has %q; only A-Z a-z 0-9 . _ + @ ~ - are allowed", name, c)
-		}
+	if c, bad := secversion.BadNameChar(name); bad {
+		return fmt.Errorf("measure: image name %q has %q; only %s are allowed", name, c, secversion.NameChars)
 	}
 	return nil
 }

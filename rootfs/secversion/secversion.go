@@ -66,15 +66,29 @@ func CheckProduct(p string) error {
 	if len(p) > MaxProductLen {
 		return fmt.Errorf("product name %q is longer than %d characters", p, MaxProductLen)
 	}
-	for _, c := range []byte(p) {
+	if c, bad := BadNameChar(p); bad {
+		return fmt.Errorf("product name %q has %q; only %s are allowed", p, c, NameChars)
+	}
+	return nil
+}
+
+// NameChars are the characters a product name, and an image name in the
+// event log (package measure), may use: nothing a shell, a path or a log
+// line would read as special.
+const NameChars = "A-Z a-z 0-9 . _ + @ ~ -"
+
+// BadNameChar returns the first byte of s that is not in NameChars, and
+// whether there is one.
+func BadNameChar(s string) (byte, bool) {
+	for _, c := range []byte(s) {
 		switch {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
 		case c == '.' || c == '_' || c == '+' || c == '@' || c == '~' || c == '-':
 		default:
-			return fmt.Errorf("product name %q has %q; only A-Z a-z 0-9 . _ + @ ~ - are allowed", p, c)
+			return c, true
 		}
 	}
-	return nil
+	return 0, false
 }
 
 // Add puts info into the tree rooted at root, as /.cfsroot. It refuses a
