@@ -21,11 +21,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/internal/testutil/simtpm"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 )
@@ -33,12 +33,7 @@ import (
 // openSim starts the TPM simulator (one at a time: it is a global resource).
 func openSim(t *testing.T) transport.TPM {
 	t.Helper()
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatalf("simulator: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	return transport.FromReadWriter(sim)
+	return simtpm.Open(t)
 }
 
 func newTestMeasurer(t *testing.T, tpm transport.TPM) *Measurer {
@@ -607,12 +602,7 @@ func TestNoCgo(t *testing.T) {
 // BenchmarkExtend measures one Extend (hash on every bank, TPM2_PCR_Extend,
 // locked log append with two fsyncs) on the simulator.
 func BenchmarkExtend(b *testing.B) {
-	sim, err := simulator.Get()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sim.Close()
-	m, err := New(context.Background(), transport.FromReadWriter(sim))
+	m, err := New(context.Background(), simtpm.Open(b))
 	if err != nil {
 		b.Fatal(err)
 	}

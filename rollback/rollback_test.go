@@ -6,11 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/internal/testutil/simtpm"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rootfs/secversion"
 )
@@ -19,12 +19,7 @@ import (
 // behind a Measurer, for its retries and timeout.
 func openSim(t *testing.T) (*measure.Measurer, transport.TPM) {
 	t.Helper()
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatalf("simulator: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	tpm := transport.FromReadWriter(sim)
+	tpm := simtpm.Open(t)
 	m, err := measure.New(context.Background(), tpm)
 	if err != nil {
 		t.Fatal(err)

@@ -12,10 +12,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-tpm-tools/simulator"
-	"github.com/google/go-tpm/tpm2/transport"
-
 	"github.com/cfsroot/cfsroot/internal/testutil"
+	"github.com/cfsroot/cfsroot/internal/testutil/simtpm"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
@@ -262,13 +260,8 @@ func TestPCRUsageErrors(t *testing.T) {
 // the PCR values the TPM holds, on every bank it has.
 func TestPCRReplayEqualsTPM(t *testing.T) {
 	f := newPCRFixture(t)
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sim.Close()
 	ctx := context.Background()
-	m, err := measure.New(ctx, transport.FromReadWriter(sim))
+	m, err := measure.New(ctx, simtpm.Open(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,21 +8,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-tpm-tools/simulator"
-	"github.com/google/go-tpm/tpm2/transport"
-
+	"github.com/cfsroot/cfsroot/internal/testutil/simtpm"
 	"github.com/cfsroot/cfsroot/measure"
 )
 
 // withSimTPM makes the tpm and bless commands use the TPM simulator.
 func withSimTPM(t *testing.T) {
 	t.Helper()
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatalf("simulator: %v", err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	tpm := transport.FromReadWriter(sim)
+	tpm := simtpm.Open(t)
 	old := openTPM
 	openTPM = func(ctx context.Context, dev string) (*measure.Measurer, error) { return measure.New(ctx, tpm) }
 	t.Cleanup(func() { openTPM = old })
