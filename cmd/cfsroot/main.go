@@ -20,6 +20,7 @@ type command struct {
 	name    string
 	args    string // synopsis of the arguments, for usage lines
 	summary string // one line for the command list
+	help    string // more text --help prints after the flags (optional)
 	// run executes the subcommand with its arguments (without its name).
 	run func(args []string, stdout, stderr io.Writer) error
 }
@@ -101,6 +102,9 @@ func newFlagSet(c *command, stderr io.Writer) *flag.FlagSet {
 		fs.SetOutput(stderr)
 		if b.Len() > 0 {
 			fmt.Fprintf(stderr, "\nFlags:\n%s", b.String())
+		}
+		if c.help != "" {
+			fmt.Fprintf(stderr, "\n%s\n", c.help)
 		}
 	}
 	return fs

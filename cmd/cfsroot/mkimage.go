@@ -30,6 +30,7 @@ func init() {
 			"[--skip-xattrs] [--user-xattrs] [--skip-devices] [--external-exec] [--security-version N] [--product NAME] [--threads N] [--print-digest] [--print-digest-only] SOURCE [IMAGE]",
 		summary: "build a composefs image from a directory or a dump file, byte for byte as mkcomposefs 1.0.8 does",
 		run:     runMkimage,
+		help:    mkimageHelp,
 	})
 }
 
@@ -50,8 +51,6 @@ reads as version 0, product "".`
 func runMkimage(args []string, stdout, stderr io.Writer) error {
 	c := commands["mkimage"]
 	fs := newFlagSet(c, stderr)
-	usage := fs.Usage
-	fs.Usage = func() { usage(); fmt.Fprintf(stderr, "\n%s\n", mkimageHelp) }
 	store := fs.String("digest-store", "", "copy every external file into the object store `DIR` (DIR/xx/yyyy…)")
 	useEpoch := fs.Bool("use-epoch", false, "make all mtimes zero")
 	minVersion := fs.Int("min-version", 0, "lowest format version to write (0 or 1)")

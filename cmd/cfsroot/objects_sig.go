@@ -29,14 +29,16 @@ func init() {
 		args: "--key KEY.pem --cert CERT.pem --store DIR [--threads N] IMAGE...",
 		summary: "write the builtin fs-verity signature of every object the composefs IMAGEs reference beside it " +
 			"(DIR/ab/cdef….sig, as `fsverity sign` writes it), for IPE's fsverity_signature=TRUE",
-		run: runSignObjects,
+		run:  runSignObjects,
+		help: signObjectsHelp,
 	})
 	register(&command{
 		name: "enable-objects",
 		args: "--store DIR [--trusted CERT] [--unsigned] [--threads N] IMAGE...",
 		summary: "on the target, enable fs-verity on the composefs IMAGEs and every object they reference, " +
 			"each object with its builtin signature (DIR/ab/cdef….sig); objects enabled otherwise are reported",
-		run: runEnableObjects,
+		run:  runEnableObjects,
+		help: enableObjectsHelp,
 	})
 }
 
@@ -62,8 +64,6 @@ fsverity_digest policy mode). Exit status 1 if any object has a problem.`
 func runSignObjects(args []string, stdout, stderr io.Writer) error {
 	c := commands["sign-objects"]
 	flags := newFlagSet(c, stderr)
-	usage := flags.Usage
-	flags.Usage = func() { usage(); fmt.Fprintf(stderr, "\n%s\n", signObjectsHelp) }
 	keyPath := flags.String("key", "", "PEM private key (RSA 2048-4096 bits, or ECDSA P-256/P-384)")
 	certPath := flags.String("cert", "", "PEM or DER certificate of the key; the target's init must add it to the .fs-verity keyring")
 	store := flags.String("store", "", "object store `DIR` (the directory holding ab/cdef… objects, or a composefs repository holding objects/)")
@@ -220,8 +220,6 @@ func warnInlineExecutables(images []string, stderr io.Writer) error {
 func runEnableObjects(args []string, stdout, stderr io.Writer) error {
 	c := commands["enable-objects"]
 	flags := newFlagSet(c, stderr)
-	usage := flags.Usage
-	flags.Usage = func() { usage(); fmt.Fprintf(stderr, "\n%s\n", enableObjectsHelp) }
 	store := flags.String("store", "", "object store `DIR` (the directory holding ab/cdef… objects, or a composefs repository holding objects/)")
 	trustedPath := flags.String("trusted", "", "PEM file or directory of certificates: an object already enabled with another signature by one of them is accepted")
 	unsigned := flags.Bool("unsigned", false, "enable fs-verity without builtin signatures (for a fsverity_digest policy, or none)")

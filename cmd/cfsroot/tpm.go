@@ -20,6 +20,7 @@ func init() {
 		args:    "provision|floor [--device DEV] [--index 0xHANDLE]",
 		summary: "anti-rollback floor in the TPM: provision defines the NV counter the init reads (rollback_nv), floor prints it",
 		run:     runTPM,
+		help:    tpmHelp,
 	})
 }
 
@@ -47,8 +48,6 @@ func runTPM(args []string, stdout, stderr io.Writer) error {
 	c := commands["tpm"]
 	flags := func(w io.Writer) (fs *flag.FlagSet, dev, index *string) {
 		fs = newFlagSet(c, w)
-		usage := fs.Usage
-		fs.Usage = func() { usage(); fmt.Fprintf(w, "\n%s\n", tpmHelp) }
 		dev = fs.String("device", "", "TPM device (default /dev/tpmrm0, then /dev/tpm0)")
 		index = fs.String("index", fmt.Sprintf("%#08x", rollback.DefaultIndex), "NV index of the counter (the config's rollback_nv_index)")
 		return fs, dev, index
