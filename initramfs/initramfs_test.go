@@ -132,7 +132,7 @@ func TestBuildExtractsWithCpio(t *testing.T) {
 			s := s
 			s.Compression = tc.comp
 			s.FsverityCerts = []string{filepath.Join(filepath.Dir(s.Certs[0]), "objects.pem")}
-			if err := os.WriteFile(s.FsverityCerts[0], mustRead(t, s.Certs[0]), 0o644); err != nil {
+			if err := os.WriteFile(s.FsverityCerts[0], testutil.ReadFile(t, s.Certs[0]), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			var buf bytes.Buffer
@@ -377,13 +377,4 @@ func BenchmarkBuildTrixie(b *testing.B) {
 			b.ReportMetric(float64(size), "bytes")
 		})
 	}
-}
-
-func mustRead(t *testing.T, p string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

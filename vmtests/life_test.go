@@ -136,7 +136,7 @@ func TestLife(t *testing.T) {
 		write(t, filepath.Join(srcTree, fmt.Sprintf("img%d.cfs", v)), img.Bytes())
 		write(t, filepath.Join(srcTree, fmt.Sprintf("img%d.cfs.sig", v)), sig)
 	}
-	write(t, filepath.Join(srcTree, "cert.pem"), mustRead(t, cert))
+	write(t, filepath.Join(srcTree, "cert.pem"), testutil.ReadFile(t, cert))
 
 	// Install image 1 into slot a of an empty filesystem, on the host.
 	diskTree := filepath.Join(dir, "disk")
@@ -319,15 +319,6 @@ func TestLife(t *testing.T) {
 		t.Errorf("gc removed %v; composefs-info says only image 1 used %v", removed, want)
 	}
 	t.Logf("TestLife: %d boots, %v", boots, time.Since(started).Round(time.Second))
-}
-
-func mustRead(t *testing.T, p string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }
 
 func objectOf(t *testing.T, content []byte) string {

@@ -94,6 +94,17 @@ func Run(t testing.TB, name string, args ...string) []byte {
 	return out
 }
 
+// ReadFile returns the content of the file at p, failing the test if it
+// cannot be read.
+func ReadFile(t testing.TB, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // ComposefsTool returns the reference composefs 1.0.8 tool (mkcomposefs or
 // composefs-info) that tools/fetch-mkcomposefs.sh caches: the oracle of the
 // byte-identical image tests. Missing, the test ends (see Unavailable).
