@@ -23,7 +23,7 @@ const defaultBanks = "sha1,sha256,sha384,sha512"
 var (
 	pcrPredictCmd = &command{
 		name: "pcr predict",
-		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--fsverity-signers CERTS] [--upper DISK:DIR --upper-uuid UUID] [--policy POLICY.p7s [--ipe-enforce]] [--floor N [--floor-nv STATE]] [--pcr N] [--bank LIST] [--events]",
+		args: "--image IMAGE [--name NAME] (--sig SIG --trusted CERTS | --digest D | --signer CERT) [--fsverity-signers CERTS] [--upper DISK:DIR --upper-uuid UUID] [--policy POLICY.p7s [--ipe-enforce]] [--floor N [--floor-nv STATE]] [--hash-alg sha256|sha512] [--block-size N] [--salt HEX] [--pcr N] [--bank LIST] [--events]",
 		summary: "print the PCR values cfsroot's init leaves after measuring IMAGE, from a reset PCR (all zeros)\n\n" +
 			"The init extends, on every active bank, the events\n" +
 			"  cfsroot-image:NAME:<IMAGE's fs-verity digest, sha256:HEX>\n" +

@@ -24,7 +24,7 @@ import (
 func init() {
 	register(&command{
 		name: "install",
-		args: "--repo DIR --store OBJECTS --trusted CERT (--slot NAME | --slots A,B) [--sig SIG] [--policy P7S] [--tries N] IMAGE",
+		args: "--repo DIR --store OBJECTS --trusted CERT (--slot NAME | --slots A,B) [--sig SIG] [--policy P7S] [--tries N] [--status FILE] IMAGE",
 		summary: "install a signed composefs IMAGE and its missing objects (with their builtin signatures, if the store has them) " +
 			"into a slot of the repository DIR (the slot not booted, as a trial with N boots; the first install becomes the known-good slot), " +
 			"crash-safe; every object is checked against the image before the image gets its final name",
