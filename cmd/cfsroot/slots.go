@@ -33,13 +33,13 @@ func init() {
 	register(&command{
 		name:    "bless",
 		args:    "--repo DIR [--status FILE] [--tpm DEV]",
-		summary: "mark the booted slot good: a trial becomes the known-good slot, and the TPM NV anti-rollback floor rises to its security version (run after boot-complete.target)",
+		summary: "mark the booted slot good: a trial becomes the known-good slot, and (with the init's rollback_nv) the TPM NV anti-rollback floor rises to its security version (run after boot-complete.target)",
 		run:     runBless,
 	})
 	register(&command{
 		name:    "status",
 		args:    "--repo DIR [--slots A,B] [--trusted CERT] [--status FILE]",
-		summary: "show each slot of the repository: its image digest, signer, state and tries",
+		summary: "show each slot of the repository: its image digest, signer, state and tries, security version and product, and the floor the init booted with",
 		run:     runStatus,
 	})
 	register(&command{
