@@ -3,6 +3,8 @@ package boot
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -204,5 +206,31 @@ func TestRunVersionMalformed(t *testing.T) {
 	_, err := h.run(h.config(baseConfig+`, "tpm": "optional"}`), "")
 	if err == nil || !strings.Contains(err.Error(), "step version failed") || !strings.Contains(err.Error(), "security-version") {
 		t.Errorf("Run: %v, want a refusal at step version", err)
+	}
+}
+
+// TestRunVersionRAMCopyRemoved: a slot refused at step version after it
+// was copied to RAM (allow_ram_copy, a disk without fs-verity) leaves no
+// copy in /run: it would hold up to ram_copy_max_mib of memory that the
+// next slot's copy needs, and stay in the booted system's /run. An
+// attacker who puts an older signed image in the first slot must not be
+// able to make the good one unbootable that way.
+func TestRunVersionRAMCopyRemoved(t *testing.T) {
+	h := newHostEnv(t)
+	h.addVersionedImage("a", secversion.Info{Version: 1})
+	h.addVersionedImage("b", secversion.Info{Version: 2})
+	h.noVeri["a.cfs"], h.noVeri["b.cfs"] = true, true
+	st, err := h.run(h.config(`{"disk": "LABEL=cfsroot-host", "slots": ["a", "b"], "fallback": true, "tpm": "optional", "allow_ram_copy": true, "min_version": 2}`), "")
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, h.console.String())
+	}
+	if st.Image != "b" || st.DigestSource != "ram-copy" {
+		t.Fatalf("booted %s from %s, want b from its RAM copy", st.Image, st.DigestSource)
+	}
+	if _, err := os.Stat(filepath.Join(h.root, RunDir, "a.cfs")); err == nil {
+		t.Errorf("the RAM copy of a, refused at step version, is left in %s", RunDir)
+	}
+	if _, err := os.Stat(filepath.Join(h.root, RunDir, "b.cfs")); err != nil {
+		t.Errorf("the booted RAM copy: %v", err)
 	}
 }
