@@ -269,7 +269,7 @@ func (b *Boot) run(ctx context.Context) (*Status, error) {
 			if err == nil {
 				break
 			}
-			img.file.Close()
+			img.discard()
 			if floorErr {
 				// The floor itself is unknown: no slot may boot.
 				return nil, err
@@ -396,10 +396,7 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 	}
 	img := &image{name: name, path: path, file: f, source: "kernel"}
 	fail := func(file string, err error) (*image, error) {
-		img.file.Close()
-		if img.source == "ram-copy" {
-			os.Remove(img.path) // the next slot may need the memory
-		}
+		img.discard()
 		return nil, &StepError{Step: step, File: file, Err: err}
 	}
 	img.digest, err = b.Env.Digest(f)
@@ -455,6 +452,16 @@ func (b *Boot) verifySlot(name string, first bool, trust *signature.TrustStore) 
 	b.status.Digest = img.digest.String()
 	b.status.DigestSource = img.source
 	return img, nil
+}
+
+// discard closes a refused image and removes its RAM copy, if any: the
+// next slot may need the memory, and the booted system would keep it in
+// /run.
+func (img *image) discard() {
+	img.file.Close()
+	if img.source == "ram-copy" {
+		os.Remove(img.path)
+	}
 }
 
 // readStructure checks the image's header, EROFS superblock (including
