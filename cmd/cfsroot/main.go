@@ -1,6 +1,9 @@
 // Command cfsroot is the host side of cfsroot: it computes fs-verity digests,
-// signs and verifies composefs images, builds and inspects them, writes IPE
-// policies, predicts PCR values and checks kernel configurations.
+// signs and verifies composefs images, builds and inspects them, signs and
+// enables their objects' builtin fs-verity signatures, writes IPE policies,
+// predicts PCR values and checks kernel configurations; on the target it
+// installs images into A/B slots, blesses and garbage-collects them, and
+// provisions the TPM NV counter that holds the anti-rollback floor.
 //
 // Each subcommand lives in its own file and registers itself in commands.
 package main
