@@ -3,6 +3,7 @@ package boot
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,6 +85,8 @@ func TestRunVersion(t *testing.T) {
 		a, b  secversion.Info
 		nv    int64 // counter value to provision; -1: none
 		noTPM bool
+		// flaky: a TPM device that is there but fails (not "no TPM").
+		flaky bool
 		// ordinary puts an ordinary NV index (writable to any value) at
 		// the counter's handle.
 		ordinary bool
@@ -112,6 +115,8 @@ func TestRunVersion(t *testing.T) {
 			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is required", "no TPM"}},
 		{name: "ordinary index refused with optional", a: v(3), b: v(3), nv: -1, ordinary: true, config: `, "rollback_nv": "optional"}`,
 			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is optional", "is not an NV counter"}},
+		{name: "nv optional and a failing TPM", a: v(1), b: v(1), flaky: true, config: `, "rollback_nv": "optional", "min_version": 1}`,
+			err: []string{"step version failed: TPM NV index 0x0180cf50: rollback_nv is optional", "TPM_RC_FAILURE"}},
 		{name: "nv optional and missing", a: v(1), b: v(1), nv: -1, config: `, "rollback_nv": "optional", "min_version": 1}`,
 			boot: "a", floor: 1, nvState: "missing"},
 	} {
@@ -130,6 +135,11 @@ func TestRunVersion(t *testing.T) {
 				if _, err := (tpm2.NVDefineSpace{AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
 					PublicInfo: tpm2.New2B(pub)}).Execute(h.tpm); err != nil {
 					t.Fatal(err)
+				}
+			}
+			if tc.flaky {
+				h.env.OpenTPM = func(context.Context) (*measure.Measurer, error) {
+					return nil, &measure.Error{Op: "open /dev/tpmrm0", Err: errors.New("TPM_RC_FAILURE")}
 				}
 			}
 			da := h.addVersionedImage("a", tc.a)
