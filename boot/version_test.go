@@ -14,6 +14,7 @@ import (
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/rollback"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/repo"
 	"github.com/cfsroot/cfsroot/rootfs/secversion"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
@@ -242,5 +243,40 @@ func TestRunVersionRAMCopyRemoved(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(h.root, RunDir, "b.cfs")); err != nil {
 		t.Errorf("the booted RAM copy: %v", err)
+	}
+}
+
+// TestRunTrialBelowFloor: a trial slot holding a signed image below the
+// floor (an attacker's rollback dressed as an update) uses a try and is
+// refused at step version; the known-good slot boots, also without
+// fallback, and the floor is checked for it too.
+func TestRunTrialBelowFloor(t *testing.T) {
+	h := newHostEnv(t)
+	h.addVersionedImage("a", secversion.Info{Version: 2})
+	h.addVersionedImage("b", secversion.Info{Version: 1})
+	h.setState(repo.State{Good: "a", Trial: "b", TriesLeft: 2})
+	st, err := h.run(h.config(`{"disk": "LABEL=cfsroot-host", "slots": ["a", "b"], "tpm": "optional", "min_version": 2}`), "")
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, h.console.String())
+	}
+	if st.Image != "a" || st.Slots == nil || st.Slots.BootedAs != "good" {
+		t.Fatalf("booted %s as %+v, want the known-good a", st.Image, st.Slots)
+	}
+	if len(st.Refused) != 1 || st.Refused[0].Slot != "b" || !strings.Contains(st.Refused[0].Reason, "below the floor 2") {
+		t.Errorf("refused %+v, want b below the floor", st.Refused)
+	}
+	if got, want := h.state(), (repo.State{Good: "a", Trial: "b", TriesLeft: 1, TriesDone: 1}); got != want {
+		t.Errorf("state %+v, want %+v (the try is used)", got, want)
+	}
+	if st.Rollback == nil || st.Rollback.Version != 2 || st.Rollback.Floor != 2 {
+		t.Errorf("rollback status %+v", st.Rollback)
+	}
+	// Both slots below the floor: nothing boots.
+	h2 := newHostEnv(t)
+	h2.addVersionedImage("a", secversion.Info{Version: 1})
+	h2.addVersionedImage("b", secversion.Info{Version: 1})
+	h2.setState(repo.State{Good: "a", Trial: "b", TriesLeft: 2})
+	if _, err := h2.run(h2.config(`{"disk": "LABEL=cfsroot-host", "slots": ["a", "b"], "tpm": "optional", "min_version": 2}`), ""); err == nil || !strings.Contains(err.Error(), "below the floor") {
+		t.Errorf("both below the floor: %v", err)
 	}
 }
