@@ -353,6 +353,12 @@ func checkName(s string) error {
 	if strings.ContainsAny(s, "/\x00") || strings.HasPrefix(s, ".") {
 		return fmt.Errorf("name %q must not contain / or start with .", s)
 	}
+	// The name is measured (cfsroot-image:NAME:...), and the event log
+	// takes only these characters: refuse here, when the initramfs is
+	// built, rather than at every boot.
+	if c, bad := secversion.BadNameChar(s); bad {
+		return fmt.Errorf("name %q has %q; only %s are allowed", s, c, secversion.NameChars)
+	}
 	return nil
 }
 

@@ -57,6 +57,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{`{"disk": "LABEL=x"}`, "at least one image"},
 		{`{"disk": "LABEL=x", "slots": ["../etc"]}`, "must not contain /"},
 		{`{"disk": "LABEL=x", "slots": ["a", "a"]}`, "listed twice"},
+		{`{"disk": "LABEL=x", "slots": ["a b"]}`, `name "a b" has ' '`},
 		{`{"disk": "LABEL=x", "slots": ["a"], "repository": "../x"}`, "without .."},
 		{`{"disk": "LABEL=x", "slots": ["a"], "pinned_digests": {"b": "sha256:00"}}`, `"b" is not a slot`},
 		{`{"disk": "LABEL=x", "slots": ["a"], "pinned_digests": {"a": "sha256:00"}}`, "sha256 digest must be 32 bytes"},
