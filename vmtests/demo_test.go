@@ -21,6 +21,7 @@ import (
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
+	"github.com/cfsroot/cfsroot/rootfs/repo"
 	"github.com/cfsroot/cfsroot/rootfs/signature"
 	"github.com/cfsroot/cfsroot/rootfs/verity"
 	"github.com/cfsroot/cfsroot/vmtests/vm"
@@ -62,7 +63,10 @@ WantedBy=multi-user.target
 // and reaches its target with no failed unit, that the root is the overlay
 // with verity=require, that status.json names the image, digest and
 // signer, and that PCR 15 as tpm2_pcrread and systemd-analyze read it in the
-// guest equals `cfsroot pcr predict` and the replayed event log.
+// guest equals `cfsroot pcr predict` and the replayed event log. The image
+// boots as a trial slot (issue 14); the shipped
+// examples/systemd/cfsroot-bless.service, enabled in the image, must run
+// after boot-complete.target and mark it good, and leave the disk clean.
 //
 // It is slow (debootstrap 0.5-2.5 minutes once, then 1-2 minutes under
 // TCG), so it runs only when asked: CFSROOT_DEMO_TEST=1 (builds or reuses
@@ -127,6 +131,7 @@ func runDemo(t *testing.T, root string) {
 	} else {
 		runCmd(t, "cp", "-a", root, tree)
 		installReporter(t, tree, reporter)
+		installBless(t, tree, cfsroot)
 		if sigMode {
 			// A program whose object a stranger signs (see below): /usr/bin/true
 			// with a trailer, so its object is its own.
@@ -251,7 +256,7 @@ func runDemo(t *testing.T, root string) {
 	cfgJSON, _ := json.MarshalIndent(cfg, "", "  ")
 	cfgPath := write(t, filepath.Join(work, "config.json"), cfgJSON)
 	initrd := filepath.Join(work, "initramfs.img")
-	repo, err := vm.RepoRoot()
+	repoDir, err := vm.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,8 +266,16 @@ func runDemo(t *testing.T, root string) {
 	if sigMode {
 		mkArgs = append(mkArgs, "-fsverity-cert", objCert)
 	}
-	runCmd(t, filepath.Join(repo, "mkinitramfs.sh"), mkArgs...)
+	runCmd(t, filepath.Join(repoDir, "mkinitramfs.sh"), mkArgs...)
 	phase("mkinitramfs.sh", t0)
+
+	// The Debian root boots as a trial slot, which the shipped bless unit
+	// must mark good (README "Updates").
+	if !minimal {
+		if err := repo.WriteState(filepath.Join(disk, "composefs"), repo.State{Trial: demoImage, TriesLeft: demoTries}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// 8. The disk: ext4 with 4 KiB blocks and the verity feature.
 	t0 = time.Now()
@@ -301,7 +314,7 @@ func runDemo(t *testing.T, root string) {
 	if minimal {
 		want = append(want, "pcr")
 	} else {
-		want = append(want, "system-state", "failed-units", "target", "tpm2_pcrread", "systemd-analyze-pcrs")
+		want = append(want, "system-state", "failed-units", "target", "tpm2_pcrread", "systemd-analyze-pcrs", "bless-unit")
 	}
 	r := res.Require(t, want...)
 	var st boot.Status
@@ -350,6 +363,10 @@ func runDemo(t *testing.T, root string) {
 			strings.HasPrefix(r["target"].Data["active"], "active\nactive"),
 			"is-system-running: %s; default %s: %s; failed: %q", state, r["target"].Data["default"],
 			strings.Join(strings.Fields(r["target"].Data["active"]), "/"), failed)
+	}
+
+	if !minimal {
+		checkBless(t, c, st, r["bless-unit"].Data, diskImg)
 	}
 
 	// PCR 15: prediction = tpm2_pcrread = systemd-analyze = replayed log.
@@ -566,6 +583,114 @@ func installReporter(t *testing.T, tree, reporter string) {
 	if err := os.Symlink("/etc/systemd/system/"+demoService, wants); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The bless unit the README recommends, as shipped, and the demo's trial.
+const (
+	blessUnit    = "cfsroot-bless.service"
+	blessExample = "examples/systemd/" + blessUnit
+	// demoTries is the trial's tries: the boot uses one, bless ends the trial.
+	demoTries = 3
+)
+
+// installBless puts the static host tool at /usr/bin/cfsroot and the
+// shipped bless unit into tree, enabled, changed only where its comment
+// says to: the LABEL= of the disk.
+func installBless(t *testing.T, tree, cfsroot string) {
+	t.Helper()
+	vm.RequireTools(t, "debugfs", "dumpe2fs") // checkBless reads the disk after the boot
+	repoDir, err := vm.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit, err := os.ReadFile(filepath.Join(repoDir, blessExample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const label, bin = "LABEL=appliance ", "=/usr/bin/cfsroot bless "
+	if strings.Count(string(unit), label) != 1 || strings.Count(string(unit), bin) != 1 {
+		t.Fatalf("%s: want one %q and one %q to adjust, as its comment says", blessExample, label, bin)
+	}
+	unit = []byte(strings.Replace(string(unit), label, "LABEL="+demoLabel+" ", 1))
+	b, err := os.ReadFile(cfsroot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(tree, "usr/bin/cfsroot"), b)
+	if err := os.Chmod(filepath.Join(tree, "usr/bin/cfsroot"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(tree, "etc/systemd/system", blessUnit), unit)
+	// systemctl enable: the link its [Install] section names.
+	if !strings.Contains(string(unit), "\nWantedBy=multi-user.target\n") {
+		t.Fatalf("%s: no WantedBy=multi-user.target", blessExample)
+	}
+	wants := filepath.Join(tree, "etc/systemd/system/multi-user.target.wants", blessUnit)
+	os.Remove(wants)
+	if err := os.MkdirAll(filepath.Dir(wants), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/systemd/system/"+blessUnit, wants); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkBless checks that the init booted the image as a trial, that the
+// bless unit ran and succeeded in the guest, and that the slot state on the
+// disk after power-off says the slot is good, read on the host with
+// debugfs (not through cfsroot).
+func checkBless(t *testing.T, c *demoChecks, st boot.Status, unit map[string]string, diskImg string) {
+	t.Helper()
+	s := st.Slots
+	c.check("the init booted the image as a trial and counted the try before switch_root",
+		s != nil && s.BootedAs == "trial" && s.Trial == demoImage && s.TriesLeft == demoTries-1 && s.TriesDone == 1,
+		"%+v", s)
+	show := map[string]string{}
+	for _, l := range strings.Split(unit["show"], "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			show[k] = v
+		}
+	}
+	// Monotonic microseconds: boot-complete.target reached, the unit started.
+	reached, err1 := strconv.ParseUint(unit["boot-complete"], 10, 64)
+	started, err2 := strconv.ParseUint(show["InactiveExitTimestampMonotonic"], 10, 64)
+	c.check(blessExample+" (LABEL= adjusted) ran after boot-complete.target and succeeded",
+		err1 == nil && err2 == nil && reached > 0 && started >= reached &&
+			show["Result"] == "success" && show["ActiveState"] == "inactive" && show["ExecMainStatus"] == "0" &&
+			strings.Contains(unit["journal"], "slot "+demoImage+" blessed"),
+		"started %.2fs after the target, %s %s, status %s: %q", float64(started)/1e6-float64(reached)/1e6,
+		show["ActiveState"], show["Result"], show["ExecMainStatus"], blessedLine(unit["journal"]))
+	// The unit remounts the disk read-only when done, which flushes the
+	// ext4 journal: the disk is clean, and debugfs (which does not replay
+	// a journal) reads what bless committed.
+	sb, err := exec.Command("dumpe2fs", "-h", diskImg).Output()
+	features := ""
+	for _, l := range strings.Split(string(sb), "\n") {
+		if f, ok := strings.CutPrefix(l, "Filesystem features:"); ok {
+			features = strings.TrimSpace(f)
+		}
+	}
+	c.check("after power-off the disk needs no journal recovery (the unit left it read-only again; dumpe2fs)",
+		err == nil && features != "" && !strings.Contains(features, "needs_recovery"), "features: %s (%v)", features, err)
+	out, err := exec.Command("debugfs", "-R", "cat /composefs/"+repo.StateFile, diskImg).Output()
+	var got repo.State
+	if err == nil {
+		err = json.Unmarshal(out, &got)
+	}
+	c.check("after power-off the disk's slot state says the slot is good (debugfs)",
+		err == nil && got == (repo.State{Good: demoImage}), "%s (%v)", strings.TrimSpace(string(out)), err)
+}
+
+// blessedLine is what cfsroot bless printed about the slot, as the unit's
+// journal has it, or the journal's last line.
+func blessedLine(journal string) string {
+	lines := strings.Split(strings.TrimSpace(journal), "\n")
+	for _, l := range lines {
+		if strings.HasPrefix(l, "slot ") {
+			return l
+		}
+	}
+	return lines[len(lines)-1]
 }
 
 // demoStranger is a program of the Debian demo root (signature mode) whose

@@ -71,6 +71,7 @@ func main() {
 	guest.Check(out, "target", map[string]string{"default": strings.TrimSpace(def), "active": active}, err)
 
 	reportBoot(out)
+	reportBless(out)
 
 	// Two independent readers of PCR 15: tpm2-tools and systemd.
 	pcrread, err := command(time.Minute, "tpm2_pcrread", "sha1:15+sha256:15+sha384:15+sha512:15")
@@ -98,6 +99,28 @@ func main() {
 	if _, err := command(time.Minute, "systemctl", "--no-block", "poweroff"); err != nil {
 		fmt.Fprintf(out, "cfsroot-demo-report: systemctl poweroff: %v\n", err)
 	}
+}
+
+// BlessUnit is the shipped examples/systemd unit the demo enables.
+const BlessUnit = "cfsroot-bless.service"
+
+// reportBless reports how the bless unit ended and what it printed. It is
+// a oneshot unit wanted by multi-user.target, so its start job is over when
+// systemd is running; it is still waited for, a little, in case it is not.
+func reportBless(out io.Writer) {
+	var show string
+	var err error
+	for i := 0; i < 60; i++ {
+		show, err = command(time.Minute, "systemctl", "show", "-p", "Result,ActiveState,ExecMainStatus,InactiveExitTimestampMonotonic", BlessUnit)
+		if err != nil || !strings.Contains(show, "ActiveState=activating") && !strings.Contains(show, "ActiveState=deactivating") {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	reached, _ := command(time.Minute, "systemctl", "show", "--value", "-p", "ActiveEnterTimestampMonotonic", "boot-complete.target")
+	journal, _ := command(time.Minute, "journalctl", "-b", "--no-pager", "-q", "-o", "cat", "-u", BlessUnit)
+	guest.Check(out, "bless-unit", map[string]string{"show": show, "boot-complete": strings.TrimSpace(reached),
+		"journal": tail(journal, 20)}, err)
 }
 
 // minimal is the report of the minimal root, where this program is PID 1.
