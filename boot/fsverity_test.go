@@ -86,22 +86,7 @@ func TestRunProvisionSigned(t *testing.T) {
 	_, objCert := testKey(t, "cfsroot object signer")
 	h.writeCert("etc/cfsroot/fsverity-certs/a.pem", objCert)
 	h.env.TrustFsveritySigners = func([]*x509.Certificate) error { return nil }
-	tree := t.TempDir()
-	for i := range 3 {
-		os.WriteFile(filepath.Join(tree, fmt.Sprintf("file%d", i)), bytes.Repeat([]byte{byte('a' + i)}, 100), 0o644)
-	}
-	store, _ := h.addStoreImage("default", tree)
-	var objects []string
-	filepath.Walk(store.Dir(), func(p string, info os.FileInfo, err error) error {
-		if info.Mode().IsRegular() {
-			objects = append(objects, p)
-		}
-		return nil
-	})
-	slices.Sort(objects)
-	if len(objects) != 3 {
-		t.Fatalf("store holds %v", objects)
-	}
+	objects := h.addThreeObjectImage("default")
 	sigs := map[string][]byte{}
 	for i, o := range objects[:2] {
 		sigs[filepath.Base(o)] = []byte(fmt.Sprintf("signature %d", i))
@@ -141,6 +126,32 @@ func TestRunProvisionSigned(t *testing.T) {
 // addStoreImage builds image NAME of tree with its objects in the
 // repository's store, signs it with h's key, and returns the store and the
 // image's digest.
+// addThreeObjectImage adds slot name: a signed image of three 100-byte
+// files (external, so each is an object in the store) and returns the
+// objects' paths, sorted.
+func (h *hostEnv) addThreeObjectImage(name string) []string {
+	h.t.Helper()
+	tree := h.t.TempDir()
+	for i := range 3 {
+		if err := os.WriteFile(filepath.Join(tree, fmt.Sprintf("file%d", i)), bytes.Repeat([]byte{byte('a' + i)}, 100), 0o644); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	store, _ := h.addStoreImage(name, tree)
+	var objects []string
+	err := filepath.Walk(store.Dir(), func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() {
+			objects = append(objects, p)
+		}
+		return err
+	})
+	if err != nil || len(objects) != 3 {
+		h.t.Fatalf("store holds %v (%v), want 3 objects", objects, err)
+	}
+	slices.Sort(objects)
+	return objects
+}
+
 func (h *hostEnv) addStoreImage(name, tree string) (*composefs.Store, verity.Digest) {
 	h.t.Helper()
 	store, err := composefs.OpenStore(filepath.Join(h.repoDir(), "objects"))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,19 +72,7 @@ func TestRunProvisionHostile(t *testing.T) {
 				h.env.TrustFsveritySigners = func([]*x509.Certificate) error { return nil }
 				cfg += `, "fsverity_certs": "/etc/cfsroot/fsverity-certs"`
 			}
-			tree := t.TempDir()
-			for i := range 3 {
-				os.WriteFile(filepath.Join(tree, fmt.Sprintf("file%d", i)), bytes.Repeat([]byte{byte('a' + i)}, 100), 0o644)
-			}
-			store, _ := h.addStoreImage("default", tree)
-			var objects []string
-			filepath.Walk(store.Dir(), func(p string, info os.FileInfo, err error) error {
-				if info.Mode().IsRegular() {
-					objects = append(objects, p)
-				}
-				return nil
-			})
-			slices.Sort(objects)
+			objects := h.addThreeObjectImage("default")
 			h.noVeri["default.cfs"] = true
 			for _, o := range objects {
 				h.noVeri[filepath.Base(o)] = true
