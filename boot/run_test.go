@@ -4,17 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +21,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"golang.org/x/sys/unix"
 
+	"github.com/cfsroot/cfsroot/internal/testutil"
 	"github.com/cfsroot/cfsroot/measure"
 	"github.com/cfsroot/cfsroot/measure/eventlog"
 	"github.com/cfsroot/cfsroot/rootfs/composefs"
@@ -206,25 +202,7 @@ func (h *hostEnv) withTPM() {
 
 func testKey(t *testing.T, cn string) (crypto.Signer, *x509.Certificate) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Unix(0, 0),
-		NotAfter:     time.Unix(1<<32, 0),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert
+	return testutil.SigningCert(t, cn)
 }
 
 func (h *hostEnv) writeCert(rel string, c *x509.Certificate) {
